@@ -1,0 +1,1 @@
+"""Architecture presets (JSON configs only), installed as `diffusers_bit.preset_data`."""

@@ -1,0 +1,1 @@
+from .scheduling_bernoulli import BernoulliScheduler, BernoulliSchedulerOutput
