@@ -7,9 +7,17 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
-    package_dir={"": "src", "diffusers_bit.preset_data": "pipelines"},
-    packages=find_packages("src") + ["diffusers_bit.preset_data"],
-    package_data={"diffusers_bit.preset_data": ["*/*.json", "*/*/*.json"]},
+    # presets (pipelines/) and model card templates (model_cards/) are data inside the package
+    package_dir={
+        "": "src",
+        "diffusers_bit.preset_data": "pipelines",
+        "diffusers_bit.model_card_templates": "model_cards",
+    },
+    packages=find_packages("src") + ["diffusers_bit.preset_data", "diffusers_bit.model_card_templates"],
+    package_data={
+        "diffusers_bit.preset_data": ["*/*.json", "*/*/*.json"],
+        "diffusers_bit.model_card_templates": ["*.md"],
+    },
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.4",

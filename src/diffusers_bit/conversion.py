@@ -264,3 +264,64 @@ def convert_checkpoint_dir(
     BernoulliScheduler.from_config(load_preset_config(base_preset, "scheduler")).save_pretrained(output_dir / "scheduler")
     written["scheduler"] = str(output_dir / "scheduler")
     return written
+
+
+PIPELINE_FOLDERS = {"transformer": "instella-t2i-diffusion", "ar_transformer": "instella-t2i-ar"}
+
+
+def convert_to_pipelines(
+    checkpoint_dir: Union[str, os.PathLike],
+    output_dir: Union[str, os.PathLike],
+    text_encoder: Union[str, os.PathLike] = "amd/AMD-OLMo-1B",
+    config_overrides: Optional[dict] = None,
+    base_preset: str = "instella-t2i",
+    dtype: Optional[torch.dtype] = None,
+    max_sequence_length: int = 128,
+    overwrite: bool = False,
+) -> dict:
+    r"""Convert the authors' release into complete pipeline folders, ready for `from_pretrained`:
+    `output_dir/instella-t2i-diffusion` ([`InstellaT2IPipeline`], if `diffusion.pt` is present) and
+    `output_dir/instella-t2i-ar` ([`InstellaARPipeline`], if `ar.pt` is present), each with the image tokenizer and
+    the text encoder + tokenizer loaded from `text_encoder` (a Hub id such as `amd/AMD-OLMo-1B`, or a local folder).
+
+    The text tokenizer is saved with `model_max_length=max_sequence_length` and left padding, as the authors use it.
+
+    Returns:
+        `{pipeline class name: folder}`.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .pipelines import InstellaARPipeline, InstellaT2IPipeline
+    from .schedulers import BernoulliScheduler
+
+    checkpoint_dir, output_dir = Path(checkpoint_dir), Path(output_dir)
+    if not (checkpoint_dir / OFFICIAL_FILES["image_tokenizer"]).is_file():
+        raise ValueError(f"`checkpoint_dir` {str(checkpoint_dir)!r} has no {OFFICIAL_FILES['image_tokenizer']}")
+    generators = [c for c in PIPELINE_FOLDERS if (checkpoint_dir / OFFICIAL_FILES[c]).is_file()]
+    if not generators:
+        raise ValueError(f"`checkpoint_dir` {str(checkpoint_dir)!r} holds neither diffusion.pt nor ar.pt")
+    targets = [output_dir / PIPELINE_FOLDERS[c] for c in generators]
+    busy = [str(t) for t in targets if t.is_dir() and any(t.iterdir())]
+    if busy and not overwrite:
+        raise ValueError(f"refusing to overwrite existing folders {busy}; pass overwrite=True")
+    overrides = config_overrides or {}
+    convert = lambda c: convert_component(  # noqa: E731
+        checkpoint_dir / OFFICIAL_FILES[c], c, None, overrides.get(c), base_preset, dtype
+    )
+    image_tokenizer = convert("image_tokenizer")
+    models = {c: convert(c) for c in generators}
+    tokenizer = AutoTokenizer.from_pretrained(
+        str(text_encoder), model_max_length=max_sequence_length, padding_side="left"
+    )
+    llm = AutoModelForCausalLM.from_pretrained(str(text_encoder), dtype=dtype or "auto").eval()
+    written = {}
+    for component, model in models.items():
+        if component == "transformer":
+            scheduler = BernoulliScheduler.from_config(load_preset_config(base_preset, "scheduler"))
+            pipe = InstellaT2IPipeline(tokenizer, llm, image_tokenizer, model, scheduler)
+        else:
+            pipe = InstellaARPipeline(tokenizer, llm, image_tokenizer, model)
+        target = output_dir / PIPELINE_FOLDERS[component]
+        pipe.save_pretrained(target)
+        written[type(pipe).__name__] = str(target)
+    return written

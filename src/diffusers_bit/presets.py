@@ -16,7 +16,9 @@ import json
 import os
 from importlib import resources
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
+
+import torch
 
 COMPONENT_CONFIG_FILES = {
     "image_tokenizer": "config.json",
@@ -53,3 +55,49 @@ def load_preset_config(preset: Union[str, os.PathLike], component: str) -> dict:
     if not path.is_file():
         raise ValueError(f"preset {str(preset)!r} has no {component} config ({path})")
     return json.loads(path.read_text())
+
+
+def build_pipeline(
+    preset: Union[str, os.PathLike] = "tiny",
+    kind: str = "diffusion",
+    seed: Optional[int] = 0,
+    text_encoder=None,
+    tokenizer=None,
+):
+    r"""A pipeline with freshly initialised (random) weights from a preset: for tests, smoke runs and as the starting
+    point of training. Nothing is downloaded.
+
+    Args:
+        preset: Preset name or folder.
+        kind (`str`): `"diffusion"` ([`InstellaT2IPipeline`]) or `"ar"` ([`InstellaARPipeline`]).
+        seed (`int`, *optional*): Seed of the weight initialisation.
+        text_encoder, tokenizer (*optional*): Text components to use; by default they are built from the preset's
+            `text_encoder/config.json` and `tokenizer/` folder (the `tiny` preset has both; the `instella-t2i` preset
+            expects AMD-OLMo-1B to be passed in).
+    """
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    from .models import BinaryARTransformer, BinaryDiT, BinaryLatentTokenizer
+    from .pipelines import InstellaARPipeline, InstellaT2IPipeline
+    from .schedulers import BernoulliScheduler
+
+    if kind not in ("diffusion", "ar"):
+        raise ValueError(f"`kind` must be 'diffusion' or 'ar', got {kind!r}")
+    root = preset_path(preset)
+    if seed is not None:
+        torch.manual_seed(seed)
+    if tokenizer is None:
+        if not (root / "tokenizer").is_dir():
+            raise ValueError(f"preset {str(preset)!r} has no text tokenizer; pass `tokenizer=`")
+        tokenizer = AutoTokenizer.from_pretrained(str(root / "tokenizer"))
+    if text_encoder is None:
+        config = AutoConfig.from_pretrained(str(root / "text_encoder"))
+        auto = AutoModelForCausalLM if any("CausalLM" in a for a in config.architectures or []) else AutoModel
+        text_encoder = auto.from_config(config).eval()
+    image_tokenizer = BinaryLatentTokenizer.from_config(load_preset_config(preset, "image_tokenizer")).eval()
+    if kind == "diffusion":
+        transformer = BinaryDiT.from_config(load_preset_config(preset, "transformer")).eval()
+        scheduler = BernoulliScheduler.from_config(load_preset_config(preset, "scheduler"))
+        return InstellaT2IPipeline(tokenizer, text_encoder, image_tokenizer, transformer, scheduler)
+    transformer = BinaryARTransformer.from_config(load_preset_config(preset, "ar_transformer")).eval()
+    return InstellaARPipeline(tokenizer, text_encoder, image_tokenizer, transformer)

@@ -1,0 +1,2 @@
+from .pipeline_instella_ar import InstellaARPipeline
+from .pipeline_instella_t2i import InstellaT2IPipeline

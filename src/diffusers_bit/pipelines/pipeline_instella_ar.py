@@ -1,0 +1,181 @@
+# Copyright 2026 The diffusers-bit authors. Licensed under the Apache License, Version 2.0.
+"""InstellaARPipeline: text-to-image by autoregressive prediction of 1D binary latent tokens, with a KV cache."""
+
+from typing import Callable, Optional, Union
+
+import torch
+from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
+from diffusers.utils import replace_example_docstring
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+# imported eagerly: diffusers resolves saved components through sys.modules
+from ..models.binary_latent_tokenizer import BinaryLatentTokenizer
+from ..models.transformer_bit_ar import BinaryARTransformer
+from ..utils.torch_utils import bernoulli
+from .pipeline_instella_common import InstellaPipelineBase
+
+EXAMPLE_DOC_STRING = """
+    Examples:
+        ```py
+        >>> import torch
+        >>> from diffusers_bit import InstellaARPipeline
+
+        >>> pipe = InstellaARPipeline.from_pretrained("path/or/repo-id", torch_dtype=torch.bfloat16).to("cuda")
+        >>> image = pipe("a watercolor painting of a lighthouse at dawn", generator=torch.manual_seed(0)).images[0]
+        ```
+"""
+
+
+class InstellaARPipeline(InstellaPipelineBase):
+    r"""Text-to-image generation with Instella-T2I's autoregressive model.
+
+    [`BinaryARTransformer`] predicts the 128 latent tokens one at a time (64 independent bits each), conditioned on
+    the frozen LLM's per-layer features; classifier-free guidance runs the conditional and unconditional rows in one
+    forward per token. A KV cache makes each token cost one token's forward pass; `use_kv_cache=False` recomputes the
+    whole prefix every token, as the authors' script does, and gives the same bits.
+
+    Args:
+        tokenizer, text_encoder, image_tokenizer: As in [`InstellaT2IPipeline`].
+        transformer ([`BinaryARTransformer`]): The autoregressive model.
+    """
+
+    _sampling_defaults = {"guidance_scale": 8.5, "temperature": 0.6, "use_kv_cache": True}
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        text_encoder: PreTrainedModel,
+        image_tokenizer: BinaryLatentTokenizer,
+        transformer: BinaryARTransformer,
+    ):
+        super().__init__()
+        self.register_modules(
+            tokenizer=tokenizer, text_encoder=text_encoder, image_tokenizer=image_tokenizer, transformer=transformer
+        )
+        self._post_init()
+
+    def check_inputs(
+        self, prompt, negative_prompt, height, width, guidance_scale, temperature, num_images_per_prompt, generator,
+        prompt_embeds, prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask, output_type,
+        callback_on_step_end_tensor_inputs, max_sequence_length, use_kv_cache,
+    ) -> int:  # fmt: skip
+        """Validate every argument (before any model runs); return the prompt batch size."""
+        batch = self._check_common_inputs(
+            prompt, negative_prompt, height, width, guidance_scale, temperature, num_images_per_prompt, generator,
+            prompt_embeds, prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask, output_type,
+            callback_on_step_end_tensor_inputs, max_sequence_length,
+        )  # fmt: skip
+        if not isinstance(use_kv_cache, bool):
+            raise TypeError(f"`use_kv_cache` must be a bool, got {type(use_kv_cache).__name__}")
+        return batch
+
+    @staticmethod
+    def sample_bits(logits: torch.Tensor, temperature: float, generator=None) -> torch.Tensor:
+        """Bits from `(B, n, K)` logits: `Bernoulli(sigmoid(logits / temperature))`, or `logits > 0` at temperature 0."""
+        if temperature == 0:
+            return (logits > 0).float()
+        return bernoulli(torch.sigmoid(logits.float() / temperature), generator)
+
+    def _next_logits(self, tokens, new_tokens, text_kv, cache, rebuild_cache: bool):
+        """Logits `(rows, K)` for the next token; `tokens` / `new_tokens` are the conditional rows only."""
+        duplicate = lambda x: torch.cat([x, x]) if self.do_classifier_free_guidance else x  # noqa: E731
+        if cache is None:
+            return self.transformer(duplicate(tokens), text_kv=text_kv).sample[:, -1].float()
+        if rebuild_cache:
+            cache = self.transformer.allocate_kv_cache(text_kv.batch_size)
+            self._cache = cache
+            return self.transformer(duplicate(tokens), text_kv=text_kv, kv_cache=cache).sample[:, -1].float()
+        return self.transformer(duplicate(new_tokens), text_kv=text_kv, kv_cache=cache).sample[:, -1].float()
+
+    @torch.no_grad()
+    @replace_example_docstring(EXAMPLE_DOC_STRING)
+    def __call__(
+        self,
+        prompt: Optional[Union[str, list[str]]] = None,
+        negative_prompt: Optional[Union[str, list[str]]] = None,
+        height: Optional[int] = None,
+        width: Optional[int] = None,
+        guidance_scale: float = 8.5,
+        temperature: float = 0.6,
+        num_images_per_prompt: int = 1,
+        generator: Optional[Union[torch.Generator, list[torch.Generator]]] = None,
+        prompt_embeds: Optional[Union[torch.Tensor, list]] = None,
+        prompt_attention_mask: Optional[torch.Tensor] = None,
+        negative_prompt_embeds: Optional[Union[torch.Tensor, list]] = None,
+        negative_prompt_attention_mask: Optional[torch.Tensor] = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: Optional[Callable] = None,
+        callback_on_step_end_tensor_inputs: list[str] = ["latents"],
+        max_sequence_length: int = 128,
+        use_kv_cache: bool = True,
+    ) -> Union[ImagePipelineOutput, tuple]:
+        r"""Generate images token by token.
+
+        Args:
+            prompt, negative_prompt, height, width, num_images_per_prompt, generator, prompt_embeds,
+            prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask, output_type, return_dict,
+            max_sequence_length: As in [`InstellaT2IPipeline.__call__`].
+            guidance_scale (`float`, defaults to 8.5): `f_u + guidance_scale * (f_c - f_u)` on the bit logits, i.e.
+                `1 + alpha` (the paper's AR samples used alpha = 7.5). `<= 1` runs no unconditional branch.
+            temperature (`float`, defaults to 0.6): Divides the guided logits (the paper's AR tau); 0 = greedy bits.
+            callback_on_step_end (`Callable`, *optional*): Called after every token as `callback(pipe, i, i,
+                callback_kwargs)`; `callback_kwargs["latents"]` holds the `(B, i + 1, 64)` bits so far and may be
+                replaced (the KV cache is then rebuilt).
+            use_kv_cache (`bool`, defaults to `True`): Reuse keys/values of earlier tokens.
+
+        Examples:
+        """
+        callback_on_step_end_tensor_inputs = self._callback_inputs(callback_on_step_end, callback_on_step_end_tensor_inputs)
+        batch = self.check_inputs(
+            prompt, negative_prompt, height, width, guidance_scale, temperature, num_images_per_prompt, generator,
+            prompt_embeds, prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask, output_type,
+            callback_on_step_end_tensor_inputs, max_sequence_length, use_kv_cache,
+        )  # fmt: skip
+        self._guidance_scale = float(guidance_scale)
+        self._interrupt = False
+        device = self._execution_device
+        num_images = batch * num_images_per_prompt
+
+        embeds = self.encode_prompt(
+            prompt, negative_prompt, self.do_classifier_free_guidance, num_images_per_prompt, device, prompt_embeds,
+            prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask, max_sequence_length,
+        )  # fmt: skip
+        text_kv = self._prepare_text_kv(*embeds)
+        config = self.transformer.config
+        self._cache = self.transformer.allocate_kv_cache(text_kv.batch_size) if use_kv_cache else None
+
+        latents = torch.zeros(num_images, 0, config.in_channels, device=device)
+        logits = self.transformer(
+            None, text_kv=text_kv, kv_cache=self._cache, batch_size=text_kv.batch_size
+        ).sample[:, -1].float()  # fmt: skip
+        with self.progress_bar(total=config.num_tokens) as progress_bar:
+            for i in range(config.num_tokens):
+                if self.interrupt:
+                    break
+                if self.do_classifier_free_guidance:
+                    cond, uncond = logits.chunk(2)
+                    logits = uncond + self._guidance_scale * (cond - uncond)
+                new_tokens = self.sample_bits(logits[:, None], temperature, generator)
+                latents = torch.cat([latents, new_tokens], dim=1)
+                outputs = self._run_callback(callback_on_step_end, i, i, callback_on_step_end_tensor_inputs, locals())
+                replaced = "latents" in outputs and outputs["latents"] is not latents
+                if replaced:
+                    latents = outputs.pop("latents").to(device=device, dtype=torch.float32)
+                    if latents.shape != (num_images, i + 1, config.in_channels):
+                        raise ValueError(
+                            f"the callback returned `latents` of shape {tuple(latents.shape)}, expected "
+                            f"{(num_images, i + 1, config.in_channels)}"
+                        )
+                if i + 1 < config.num_tokens:
+                    logits = self._next_logits(latents, new_tokens, text_kv, self._cache, replaced)
+                progress_bar.update()
+        self._cache = None
+
+        if latents.shape[1] < config.num_tokens:  # interrupted: no complete latent to decode
+            output_type = "latent"
+        images = self._finish(latents, height, width, output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (images,)
+        return ImagePipelineOutput(images=images)

@@ -1,0 +1,405 @@
+# Copyright 2026 The diffusers-bit authors. Licensed under the Apache License, Version 2.0.
+"""What the Instella diffusion and AR pipelines share: prompt encoding with per-layer LLM features, input checks,
+rendering bits to images, loading from Hub repo ids and pushing with a model card."""
+
+import math
+import os
+import tempfile
+from typing import Any, Callable, Optional, Union
+
+import huggingface_hub
+import torch
+from diffusers import DiffusionPipeline
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers.image_processor import VaeImageProcessor
+
+from ..models import BinaryLatentTokenizer
+
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+_TRUE = {"1", "on", "yes", "true"}
+
+
+def hub_offline() -> bool:
+    """`HF_HUB_OFFLINE` as set now (read at call time, not at import)."""
+    env = os.environ.get("HF_HUB_OFFLINE")
+    if env is not None:
+        return env.strip().lower() in _TRUE
+    return bool(huggingface_hub.constants.HF_HUB_OFFLINE)
+
+
+def is_causal_text_encoder(text_encoder) -> bool:
+    """Decoder-only language models get left padding (as the authors do for AMD-OLMo); encoders get right padding."""
+    config = getattr(text_encoder, "config", None)
+    return "CausalLM" in type(text_encoder).__name__ or bool(getattr(config, "is_decoder", False))
+
+
+def stack_hidden_states(hidden_states: Union[torch.Tensor, list, tuple], name: str) -> torch.Tensor:
+    """Per-layer text features as one `(L, B, T, C)` tensor."""
+    if isinstance(hidden_states, torch.Tensor):
+        if hidden_states.ndim != 4:
+            raise ValueError(f"`{name}` must be a (layers, batch, tokens, dim) tensor or a list of (batch, tokens, dim) "
+                             f"tensors, got shape {tuple(hidden_states.shape)}")  # fmt: skip
+        return hidden_states
+    if isinstance(hidden_states, (list, tuple)) and hidden_states and all(
+        isinstance(h, torch.Tensor) and h.ndim == 3 for h in hidden_states
+    ):
+        if len({tuple(h.shape) for h in hidden_states}) != 1:
+            raise ValueError(f"all entries of `{name}` must have the same (batch, tokens, dim) shape")
+        return torch.stack(list(hidden_states))
+    raise TypeError(f"`{name}` must be a (layers, batch, tokens, dim) tensor or a list of (batch, tokens, dim) tensors")
+
+
+def _pad_tokens(embeds: torch.Tensor, mask: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad `(L, B, T, C)` features and their `(B, T)` mask with masked zeros to `length` tokens (the generators
+    give text tokens no position, so where padding sits does not matter once it is masked)."""
+    extra = length - embeds.shape[2]
+    if extra <= 0:
+        return embeds, mask
+    embeds = torch.nn.functional.pad(embeds, (0, 0, 0, extra))
+    mask = torch.nn.functional.pad(mask, (0, extra))
+    return embeds, mask
+
+
+def _repeat_rows(t: Optional[torch.Tensor], repeats: int, dim: int) -> Optional[torch.Tensor]:
+    return t if t is None or repeats == 1 else t.repeat_interleave(repeats, dim=dim)
+
+
+class InstellaPipelineBase(DiffusionPipeline):
+    r"""Shared base of [`InstellaT2IPipeline`] and [`InstellaARPipeline`]; not meant to be used directly.
+
+    Components common to both: `tokenizer` (text), `text_encoder` (any transformers model returning hidden states:
+    `OlmoForCausalLM` for the released weights, a BERT-style encoder works too), `image_tokenizer`
+    ([`BinaryLatentTokenizer`]) and `transformer`.
+    """
+
+    model_cpu_offload_seq = "text_encoder->transformer->image_tokenizer"
+    _callback_tensor_inputs = ["latents"]
+    # defaults shown in the model card; subclasses override
+    _sampling_defaults: dict = {}
+
+    def _post_init(self) -> None:
+        self.image_processor = VaeImageProcessor(do_resize=False, do_normalize=True)
+
+    # ------------------------------------------------------------------------------------------------------------------
+    # Loading and publishing
+    # ------------------------------------------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: Union[str, os.PathLike], **kwargs):
+        r"""Load a pipeline from a local folder or a Hub repo id.
+
+        A repo id is resolved with `huggingface_hub.snapshot_download` first (diffusers refuses third-party component
+        classes for repo ids), honouring `revision`, `cache_dir`, `token`, `local_files_only` and `HF_HUB_OFFLINE`;
+        every other keyword (`torch_dtype`, `variant`, ...) goes to `DiffusionPipeline.from_pretrained`.
+        """
+        path = os.fspath(pretrained_model_name_or_path)
+        if not os.path.isdir(path):
+            path = huggingface_hub.snapshot_download(
+                path,
+                revision=kwargs.pop("revision", None),
+                cache_dir=kwargs.get("cache_dir"),
+                token=kwargs.pop("token", None),
+                local_files_only=bool(kwargs.get("local_files_only", False)) or hub_offline(),
+                ignore_patterns=["checkpoint-*/*", "*.pt", "*.ckpt"],
+            )
+        return super().from_pretrained(path, **kwargs)
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        commit_message: Optional[str] = None,
+        private: Optional[bool] = None,
+        token: Optional[str] = None,
+        create_pr: bool = False,
+        safe_serialization: bool = True,
+        variant: Optional[str] = None,
+        model_card_kwargs: Optional[dict] = None,
+        **kwargs,
+    ) -> str:
+        r"""Save the pipeline with a model card rendered from `model_cards/` (see
+        [`~diffusers_bit.model_card.render_model_card`]; `model_card_kwargs` go there) and upload the folder."""
+        from ..model_card import render_model_card
+
+        repo_id = huggingface_hub.create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
+        with tempfile.TemporaryDirectory() as tmpdir:
+            self.save_pretrained(tmpdir, safe_serialization=safe_serialization, variant=variant)
+            card = render_model_card(self, repo_id, **(model_card_kwargs or {}))
+            with open(os.path.join(tmpdir, "README.md"), "w", encoding="utf-8") as f:
+                f.write(card)
+            return huggingface_hub.upload_folder(
+                repo_id=repo_id, folder_path=tmpdir, token=token, commit_message=commit_message or "Upload pipeline",
+                create_pr=create_pr,
+            )  # fmt: skip
+
+    def sampling_defaults_text(self) -> str:
+        return ", ".join(f"`{k}={v}`" for k, v in self._sampling_defaults.items())
+
+    # ------------------------------------------------------------------------------------------------------------------
+    # Properties in the diffusers style
+    # ------------------------------------------------------------------------------------------------------------------
+    @property
+    def guidance_scale(self) -> float:
+        return self._guidance_scale
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        """Guidance runs an unconditional branch only when `guidance_scale > 1`."""
+        return self._guidance_scale > 1
+
+    @property
+    def interrupt(self) -> bool:
+        return getattr(self, "_interrupt", False)
+
+    @property
+    def supported_sizes(self) -> Optional[list[int]]:
+        """Image sides the image tokenizer decodes."""
+        return self.image_tokenizer.supported_sizes
+
+    # ------------------------------------------------------------------------------------------------------------------
+    # Prompt encoding
+    # ------------------------------------------------------------------------------------------------------------------
+    def _text_features(self, texts: list[str], device, max_sequence_length: int):
+        """Tokenize and run the text encoder; returns `(L, B, T, C)` hidden states (embedding output dropped, padded
+        positions zeroed) and the `(B, T)` mask."""
+        padding_side = "left" if is_causal_text_encoder(self.text_encoder) else "right"
+        kwargs = dict(truncation=True, max_length=max_sequence_length, return_tensors="pt", padding_side=padding_side)
+        inputs = self.tokenizer(texts, padding="longest", **kwargs)
+        if inputs["input_ids"].shape[1] == 0:  # every text is empty: keep one masked token
+            inputs = self.tokenizer(texts, padding="max_length", **{**kwargs, "max_length": 1})
+        input_ids = inputs["input_ids"].to(device)
+        mask = inputs["attention_mask"].to(device)
+        output = self.text_encoder(input_ids=input_ids, attention_mask=mask, output_hidden_states=True)
+        hidden = torch.stack(output.hidden_states[1:])
+        hidden = hidden.masked_fill(~mask.bool()[None, :, :, None], 0)
+        return hidden, mask
+
+    @torch.no_grad()
+    def encode_prompt(
+        self,
+        prompt: Optional[Union[str, list[str]]] = None,
+        negative_prompt: Optional[Union[str, list[str]]] = None,
+        do_classifier_free_guidance: bool = True,
+        num_images_per_prompt: int = 1,
+        device: Optional[torch.device] = None,
+        prompt_embeds: Optional[Union[torch.Tensor, list]] = None,
+        prompt_attention_mask: Optional[torch.Tensor] = None,
+        negative_prompt_embeds: Optional[Union[torch.Tensor, list]] = None,
+        negative_prompt_attention_mask: Optional[torch.Tensor] = None,
+        max_sequence_length: int = 128,
+    ) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
+        r"""Per-layer text features of the prompts (and of the negative prompts for guidance), as the authors compute
+        them: every hidden state of the text encoder after the embedding output, left padding for causal LMs (right
+        for encoders), truncation at `max_sequence_length`, and conditional + unconditional texts tokenized and
+        encoded in ONE batch, padded together.
+
+        Returns:
+            `(prompt_embeds, prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask)`: embeds
+            of shape `(L, B * num_images_per_prompt, T, C)`, masks `(B * num_images_per_prompt, T)`; the negative
+            pair is `None` without guidance. Padded positions hold zeros.
+        """
+        device = device or self._execution_device
+        prompts = [prompt] if isinstance(prompt, str) else prompt
+        if prompt_embeds is None:
+            batch = len(prompts)
+            negatives = self._negative_list(negative_prompt, batch) if do_classifier_free_guidance else []
+            hidden, mask = self._text_features(prompts + negatives, device, max_sequence_length)
+            prompt_embeds, prompt_attention_mask = hidden[:, :batch], mask[:batch]
+            if do_classifier_free_guidance and negative_prompt_embeds is None:
+                negative_prompt_embeds, negative_prompt_attention_mask = hidden[:, batch:], mask[batch:]
+        else:
+            prompt_embeds = stack_hidden_states(prompt_embeds, "prompt_embeds").to(device)
+            prompt_attention_mask = self._default_mask(prompt_embeds, prompt_attention_mask, device)
+        if do_classifier_free_guidance and negative_prompt_embeds is None:
+            negatives = self._negative_list(negative_prompt, prompt_embeds.shape[1])
+            negative_prompt_embeds, negative_prompt_attention_mask = self._text_features(
+                negatives, device, max_sequence_length
+            )
+        if negative_prompt_embeds is not None:
+            negative_prompt_embeds = stack_hidden_states(negative_prompt_embeds, "negative_prompt_embeds").to(device)
+            negative_prompt_attention_mask = self._default_mask(
+                negative_prompt_embeds, negative_prompt_attention_mask, device
+            )
+        if not do_classifier_free_guidance:
+            negative_prompt_embeds = negative_prompt_attention_mask = None
+        n = num_images_per_prompt
+        return (
+            _repeat_rows(prompt_embeds, n, dim=1),
+            _repeat_rows(prompt_attention_mask, n, dim=0),
+            _repeat_rows(negative_prompt_embeds, n, dim=1),
+            _repeat_rows(negative_prompt_attention_mask, n, dim=0),
+        )
+
+    @staticmethod
+    def _negative_list(negative_prompt, batch: int) -> list[str]:
+        if negative_prompt is None:
+            return [""] * batch
+        return [negative_prompt] * batch if isinstance(negative_prompt, str) else list(negative_prompt)
+
+    @staticmethod
+    def _default_mask(embeds: torch.Tensor, mask: Optional[torch.Tensor], device) -> torch.Tensor:
+        if mask is None:
+            return torch.ones(embeds.shape[1:3], dtype=torch.long, device=device)
+        return mask.to(device)
+
+    def _prepare_text_kv(self, prompt_embeds, prompt_mask, negative_embeds, negative_mask):
+        """Text keys/values of every transformer block for `[cond; uncond]`, computed once per call."""
+        if negative_embeds is not None:
+            length = max(prompt_embeds.shape[2], negative_embeds.shape[2])
+            prompt_embeds, prompt_mask = _pad_tokens(prompt_embeds, prompt_mask, length)
+            negative_embeds, negative_mask = _pad_tokens(negative_embeds, negative_mask, length)
+            prompt_embeds = torch.cat([prompt_embeds, negative_embeds], dim=1)
+            prompt_mask = torch.cat([prompt_mask, negative_mask], dim=0)
+        return self.transformer.prepare_text_kv(prompt_embeds, prompt_mask)
+
+    # ------------------------------------------------------------------------------------------------------------------
+    # Checks, run before any model
+    # ------------------------------------------------------------------------------------------------------------------
+    def _check_common_inputs(
+        self,
+        prompt,
+        negative_prompt,
+        height,
+        width,
+        guidance_scale,
+        temperature,
+        num_images_per_prompt,
+        generator,
+        prompt_embeds,
+        prompt_attention_mask,
+        negative_prompt_embeds,
+        negative_prompt_attention_mask,
+        output_type,
+        callback_on_step_end_tensor_inputs,
+        max_sequence_length,
+    ) -> int:
+        """Validate the arguments both pipelines take; return the prompt batch size."""
+        if prompt is not None and prompt_embeds is not None:
+            raise ValueError("pass either `prompt` or `prompt_embeds`, not both")
+        if prompt is None and prompt_embeds is None:
+            raise ValueError("`prompt` is required (a string or a list of strings), or pass `prompt_embeds`")
+        if prompt is not None:
+            if isinstance(prompt, str):
+                batch = 1
+            elif isinstance(prompt, (list, tuple)) and prompt and all(isinstance(p, str) for p in prompt):
+                batch = len(prompt)
+            else:
+                raise TypeError(f"`prompt` must be a string or a non-empty list of strings, got {type(prompt).__name__}")
+        else:
+            embeds = stack_hidden_states(prompt_embeds, "prompt_embeds")
+            batch = embeds.shape[1]
+            self._check_embeds(embeds, prompt_attention_mask, "prompt")
+        if negative_prompt is not None:
+            if negative_prompt_embeds is not None:
+                raise ValueError("pass either `negative_prompt` or `negative_prompt_embeds`, not both")
+            if isinstance(negative_prompt, (list, tuple)):
+                if not all(isinstance(p, str) for p in negative_prompt):
+                    raise TypeError("`negative_prompt` must be a string or a list of strings")
+                if len(negative_prompt) != batch:
+                    raise ValueError(
+                        f"`negative_prompt` has {len(negative_prompt)} entries but the prompt batch has {batch}"
+                    )
+            elif not isinstance(negative_prompt, str):
+                raise TypeError(f"`negative_prompt` must be a string or a list of strings, got "
+                                f"{type(negative_prompt).__name__}")  # fmt: skip
+        if negative_prompt_embeds is not None:
+            embeds = stack_hidden_states(negative_prompt_embeds, "negative_prompt_embeds")
+            if embeds.shape[1] != batch:
+                raise ValueError(f"`negative_prompt_embeds` has batch {embeds.shape[1]}, the prompt batch is {batch}")
+            self._check_embeds(embeds, negative_prompt_attention_mask, "negative_prompt")
+        for name, value in (("height", height), ("width", width)):
+            if value is not None:
+                self.image_tokenizer.check_size(name, value, 2 ** len(self.image_tokenizer.config.decoder_upsample_blocks))
+        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) or math.isnan(
+            guidance_scale
+        ) or guidance_scale < 0:
+            raise ValueError(f"`guidance_scale` must be a number >= 0 (1 disables guidance), got {guidance_scale!r}")
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or math.isnan(
+            temperature
+        ) or temperature < 0:
+            raise ValueError(f"`temperature` must be a number >= 0 (0 = greedy), got {temperature!r}")
+        if isinstance(num_images_per_prompt, bool) or not isinstance(num_images_per_prompt, int) or (
+            num_images_per_prompt < 1
+        ):
+            raise ValueError(f"`num_images_per_prompt` must be an int >= 1, got {num_images_per_prompt!r}")
+        if isinstance(generator, (list, tuple)) and len(generator) != batch * num_images_per_prompt:
+            raise ValueError(
+                f"`generator` is a list of {len(generator)} generators but {batch * num_images_per_prompt} images "
+                f"are requested ({batch} prompts x {num_images_per_prompt}); pass one generator or one per image"
+            )
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"`output_type` must be one of {list(OUTPUT_TYPES)}, got {output_type!r}")
+        unknown = [k for k in callback_on_step_end_tensor_inputs or [] if k not in self._callback_tensor_inputs]
+        if unknown:
+            raise ValueError(
+                f"`callback_on_step_end_tensor_inputs` has {unknown}; allowed: {self._callback_tensor_inputs}"
+            )
+        if isinstance(max_sequence_length, bool) or not isinstance(max_sequence_length, int) or max_sequence_length < 1:
+            raise ValueError(f"`max_sequence_length` must be an int >= 1, got {max_sequence_length!r}")
+        return batch
+
+    def _check_embeds(self, embeds: torch.Tensor, mask: Optional[torch.Tensor], name: str) -> None:
+        config = self.transformer.config
+        layers = config.text_num_layers or config.num_layers
+        if embeds.shape[0] != layers or embeds.shape[-1] != config.text_embed_dim:
+            raise ValueError(
+                f"`{name}_embeds` must hold {layers} layers of width {config.text_embed_dim}, got shape "
+                f"{tuple(embeds.shape)}"
+            )
+        if mask is not None and tuple(mask.shape) != tuple(embeds.shape[1:3]):
+            raise ValueError(
+                f"`{name}_attention_mask` must have shape {tuple(embeds.shape[1:3])} (batch, tokens), got "
+                f"{tuple(mask.shape)}"
+            )
+
+    @staticmethod
+    def _callback_inputs(callback_on_step_end, tensor_inputs):
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            return callback_on_step_end.tensor_inputs
+        return tensor_inputs
+
+    # ------------------------------------------------------------------------------------------------------------------
+    # Rendering
+    # ------------------------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def decode_latents(
+        self,
+        latents: torch.Tensor,
+        height: Optional[int] = None,
+        width: Optional[int] = None,
+        output_type: str = "pil",
+    ) -> Any:
+        r"""Render bits (e.g. from `output_type="latent"`) at any supported resolution, without re-sampling.
+
+        Args:
+            latents (`torch.Tensor` of shape `(B, num_latent_tokens, bits_per_token)`): Bits in {0, 1}.
+            height, width (`int`, *optional*): Output size; default: the image tokenizer's largest.
+            output_type (`str`): `"pil"`, `"np"` or `"pt"`.
+        """
+        if output_type not in ("pil", "np", "pt"):
+            raise ValueError(f"`output_type` must be one of ['pil', 'np', 'pt'], got {output_type!r}")
+        tokenizer: BinaryLatentTokenizer = self.image_tokenizer
+        tokenizer.check_bits(latents, "latents")
+        images = tokenizer.decode(latents.to(device=tokenizer.device, dtype=tokenizer.dtype), height, width).sample
+        return self.image_processor.postprocess(images.float().clamp(-1, 1), output_type=output_type)
+
+    def _check_latents_tensor(self, latents: torch.Tensor, batch: int) -> None:
+        config = self.image_tokenizer.config
+        shape = (batch, config.num_latent_tokens, config.bits_per_token)
+        if not isinstance(latents, torch.Tensor):
+            raise TypeError(f"`latents` must be a torch.Tensor, got {type(latents).__name__}")
+        if not (latents.dtype.is_floating_point or latents.dtype == torch.bool):
+            raise ValueError(f"`latents` must be a floating-point or bool tensor of bits, got {latents.dtype}")
+        if tuple(latents.shape) != shape:
+            raise ValueError(f"`latents` must have shape {shape} (images, tokens, bits), got {tuple(latents.shape)}")
+        if bool(((latents != 0) & (latents != 1)).any()):
+            raise ValueError("`latents` must contain only 0 and 1")
+
+    def _finish(self, latents: torch.Tensor, height, width, output_type: str):
+        if output_type == "latent":
+            return latents
+        return self.decode_latents(latents, height, width, output_type)
+
+    def _run_callback(self, callback: Optional[Callable], step: int, timestep, names, local_vars: dict) -> dict:
+        if callback is None:
+            return {}
+        outputs = callback(self, step, timestep, {k: local_vars[k] for k in names})
+        return outputs or {}
