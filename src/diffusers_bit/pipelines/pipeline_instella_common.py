@@ -79,6 +79,31 @@ class InstellaPipelineBase(DiffusionPipeline):
 
     def _post_init(self) -> None:
         self.image_processor = VaeImageProcessor(do_resize=False, do_normalize=True)
+        self.check_components()
+
+    def check_components(self) -> None:
+        """Raise a `ValueError` when the components do not fit together (latent layout, text layers and width)."""
+        image_tokenizer, transformer = self.image_tokenizer, self.transformer
+        if image_tokenizer is None or transformer is None:
+            return
+        tok, gen = image_tokenizer.config, transformer.config
+        if (tok.num_latent_tokens, tok.bits_per_token) != (gen.num_tokens, gen.in_channels):
+            raise ValueError(
+                f"`image_tokenizer` makes latents of {tok.num_latent_tokens} tokens x {tok.bits_per_token} bits but "
+                f"`transformer` models {gen.num_tokens} tokens x {gen.in_channels} bits"
+            )
+        text_config = getattr(self.text_encoder, "config", None)
+        if text_config is None:
+            return
+        layers = getattr(text_config, "num_hidden_layers", None)
+        width = getattr(text_config, "hidden_size", None)
+        expected_layers = gen.text_num_layers or gen.num_layers
+        if layers is not None and layers != expected_layers:
+            raise ValueError(
+                f"`text_encoder` has {layers} layers but `transformer` expects {expected_layers} per-layer features"
+            )
+        if width is not None and width != gen.text_embed_dim:
+            raise ValueError(f"`text_encoder` width is {width} but `transformer` expects {gen.text_embed_dim}")
 
     # ------------------------------------------------------------------------------------------------------------------
     # Loading and publishing
