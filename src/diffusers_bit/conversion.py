@@ -68,13 +68,18 @@ def load_official_state_dict(path: Union[str, os.PathLike]) -> dict:
     if path.suffix == ".safetensors":
         return load_file(str(path))
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        try:
+            obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # legacy (non-zip) serialization cannot be memory-mapped
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise ValueError(
             f"refusing to load {str(path)!r}: it needs unrestricted unpickling, which can execute arbitrary code. "
             "Only checkpoints readable with torch.load(weights_only=True) are converted; re-save the bare state dict "
             f"(torch.save(model.state_dict(), ...)) in an environment you trust. Details: {err}"
         ) from None
+    except (RuntimeError, EOFError, OSError) as err:
+        raise ValueError(f"{str(path)!r} is not a readable torch checkpoint: {err}") from None
     state_dict = obj.get("module", obj) if isinstance(obj, dict) else None
     if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
         raise ValueError(f"{str(path)!r} holds no state dict (expected a dict of tensors, or one under 'module')")
@@ -201,6 +206,11 @@ def convert_component(
     official = checkpoint if isinstance(checkpoint, dict) else load_official_state_dict(checkpoint)
     base = {k: v for k, v in load_preset_config(base_preset, component).items() if not k.startswith("_")}
     overrides = dict(config_overrides or {})
+    cls = MODEL_CLASSES[component]
+    valid = sorted(cls._get_init_keys(cls) - {"self", "kwargs"})
+    unknown = sorted(set(overrides) - set(valid))
+    if unknown:
+        raise ValueError(f"unknown {component} config overrides {unknown}; valid keys: {valid}")
     if component != "image_tokenizer":
         # the authors' generators read one LLM layer per block
         base["text_num_layers"] = _count(official, "transformer_blocks.")
@@ -208,7 +218,6 @@ def convert_component(
     for key, value in overrides.items():
         if config.get(key) != value:
             raise ValueError(f"config override {key}={value!r} contradicts the checkpoint, which implies {config[key]!r}")
-    cls = MODEL_CLASSES[component]
     state_dict = convert_state_dict(official, component)
     with torch.device("meta"):
         model = cls.from_config(config)

@@ -434,7 +434,8 @@ class BinaryLatentTokenizer(ModelMixin, ConfigMixin):
     def decode(
         self, bits: torch.Tensor, height: Optional[int] = None, width: Optional[int] = None, return_dict: bool = True
     ) -> Union[BinaryTokenizerDecoderOutput, tuple]:
-        r"""Decode bits to images at `height x width` (default: the largest supported size).
+        r"""Decode bits to images at `height x width` (default: the largest supported size; with one side given, a
+        square of that side).
 
         Args:
             bits (`torch.Tensor` of shape `(B, num_latent_tokens, bits_per_token)`): Values in {0, 1}, any dtype.
@@ -484,8 +485,9 @@ class BinaryLatentTokenizer(ModelMixin, ConfigMixin):
         return self.quantizer(features, self.training if sample is None else sample, temperature, generator)
 
     def _output_size(self, height: Optional[int], width: Optional[int]) -> tuple[int, int]:
-        height = self.default_size if height is None else height
-        width = self.default_size if width is None else width
+        # one side given: square output; none: the largest supported size
+        height = height if height is not None else width if width is not None else self.default_size
+        width = width if width is not None else height
         stride = 2 ** len(self.config.decoder_upsample_blocks)
         self.check_size("height", height, stride)
         self.check_size("width", width, stride)

@@ -351,11 +351,18 @@ def check_text_inputs(
             f"got {len(encoder_hidden_states)}"
         )
     first = encoder_hidden_states[0]
-    if first.ndim != 3 or first.shape[-1] != text_embed_dim:
-        raise ValueError(
-            f"each entry of `encoder_hidden_states` must have shape (batch, text_len, {text_embed_dim}), "
-            f"got {tuple(first.shape)}"
-        )
+    for index, layer in enumerate(encoder_hidden_states):
+        if (
+            not isinstance(layer, torch.Tensor)
+            or layer.ndim != 3
+            or layer.shape[-1] != text_embed_dim
+            or layer.shape[:2] != first.shape[:2]
+        ):
+            shape = tuple(layer.shape) if isinstance(layer, torch.Tensor) else type(layer).__name__
+            raise ValueError(
+                f"every entry of `encoder_hidden_states` must have shape (batch, text_len, {text_embed_dim}) with the "
+                f"batch and length of entry 0 {tuple(first.shape[:2])}; entry {index} has {shape}"
+            )
     if encoder_attention_mask is not None and (
         encoder_attention_mask.ndim != 2 or tuple(encoder_attention_mask.shape) != tuple(first.shape[:2])
     ):

@@ -148,7 +148,10 @@ class BinaryDiT(ModelMixin, ConfigMixin, PeftAdapterMixin, TextConditioningMixin
         texts, text_mask, text_len = self._text_inputs(batch, encoder_hidden_states, encoder_attention_mask, text_kv)
 
         hidden_states = self.x_embedder(hidden_states.to(device=self.device, dtype=self.x_embedder.weight.dtype))
-        timestep = torch.as_tensor(timestep, device=hidden_states.device).reshape(-1).expand(batch)
+        timestep = torch.as_tensor(timestep, device=hidden_states.device).reshape(-1)
+        if timestep.numel() not in (1, batch):
+            raise ValueError(f"`timestep` must be a scalar or have one entry per row ({batch}), got {timestep.numel()}")
+        timestep = timestep.expand(batch)
         temb = self.time_embed(timestep.to(hidden_states.dtype)[:, None])
         mask = joint_attention_mask(text_mask, text_len, num_tokens, num_tokens, False, hidden_states.device)
         for block, text in zip(self.transformer_blocks, texts):

@@ -169,6 +169,10 @@ class BernoulliScheduler(SchedulerMixin, ConfigMixin):
         if self._step_index is None:
             self._init_step_index(timestep)
         index = self._step_index
+        if index >= len(self.timesteps):
+            raise ValueError(
+                f"the schedule of {len(self.timesteps)} steps is exhausted; call `set_timesteps` to sample again"
+            )
         t = float(self.timesteps[index])
         t_next = float(self.timesteps[index + 1]) if index + 1 < len(self.timesteps) else 0.0
 
