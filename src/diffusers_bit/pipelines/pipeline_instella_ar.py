@@ -132,16 +132,11 @@ class InstellaARPipeline(InstellaPipelineBase):
             prompt_embeds, prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask, output_type,
             callback_on_step_end_tensor_inputs, max_sequence_length, use_kv_cache,
         )  # fmt: skip
-        self._guidance_scale = float(guidance_scale)
-        self._interrupt = False
-        device = self._execution_device
-        num_images = batch * num_images_per_prompt
-
-        embeds = self.encode_prompt(
-            prompt, negative_prompt, self.do_classifier_free_guidance, num_images_per_prompt, device, prompt_embeds,
-            prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask, max_sequence_length,
+        text_kv = self._begin_call(
+            prompt, negative_prompt, guidance_scale, num_images_per_prompt, prompt_embeds, prompt_attention_mask,
+            negative_prompt_embeds, negative_prompt_attention_mask, max_sequence_length,
         )  # fmt: skip
-        text_kv = self._prepare_text_kv(*embeds)
+        device, num_images = self._execution_device, batch * num_images_per_prompt
         config = self.transformer.config
         self._cache = self.transformer.allocate_kv_cache(text_kv.batch_size) if use_kv_cache else None
 
@@ -153,10 +148,7 @@ class InstellaARPipeline(InstellaPipelineBase):
             for i in range(config.num_tokens):
                 if self.interrupt:
                     break
-                if self.do_classifier_free_guidance:
-                    cond, uncond = logits.chunk(2)
-                    logits = uncond + self._guidance_scale * (cond - uncond)
-                new_tokens = self.sample_bits(logits[:, None], temperature, generator)
+                new_tokens = self.sample_bits(self.guide(logits)[:, None], temperature, generator)
                 latents = torch.cat([latents, new_tokens], dim=1)
                 outputs = self._run_callback(callback_on_step_end, i, i, callback_on_step_end_tensor_inputs, locals())
                 replaced = "latents" in outputs and outputs["latents"] is not latents

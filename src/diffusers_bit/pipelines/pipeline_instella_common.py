@@ -265,6 +265,28 @@ class InstellaPipelineBase(DiffusionPipeline):
             return torch.ones(embeds.shape[1:3], dtype=torch.long, device=device)
         return mask.to(device)
 
+    def _begin_call(
+        self, prompt, negative_prompt, guidance_scale, num_images_per_prompt, prompt_embeds, prompt_attention_mask,
+        negative_prompt_embeds, negative_prompt_attention_mask, max_sequence_length,
+    ):  # fmt: skip
+        """Set the call state and encode the prompts; returns the text keys/values of `[cond; uncond]`."""
+        self._guidance_scale = float(guidance_scale)
+        self._interrupt = False
+        embeds = self.encode_prompt(
+            prompt, negative_prompt, self.do_classifier_free_guidance, num_images_per_prompt, self._execution_device,
+            prompt_embeds, prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask,
+            max_sequence_length,
+        )  # fmt: skip
+        return self._prepare_text_kv(*embeds)
+
+    def guide(self, logits: torch.Tensor) -> torch.Tensor:
+        """Classifier-free guidance on `[cond; uncond]` logits: `uncond + guidance_scale * (cond - uncond)`."""
+        logits = logits.float()
+        if not self.do_classifier_free_guidance:
+            return logits
+        cond, uncond = logits.chunk(2)
+        return uncond + self._guidance_scale * (cond - uncond)
+
     def _prepare_text_kv(self, prompt_embeds, prompt_mask, negative_embeds, negative_mask):
         """Text keys/values of every transformer block for `[cond; uncond]`, computed once per call."""
         if negative_embeds is not None:

@@ -164,16 +164,11 @@ class InstellaT2IPipeline(InstellaPipelineBase):
             num_images_per_prompt, generator, latents, prompt_embeds, prompt_attention_mask, negative_prompt_embeds,
             negative_prompt_attention_mask, output_type, callback_on_step_end_tensor_inputs, max_sequence_length,
         )  # fmt: skip
-        self._guidance_scale = float(guidance_scale)
-        self._interrupt = False
-        device = self._execution_device
-        num_images = batch * num_images_per_prompt
-
-        embeds = self.encode_prompt(
-            prompt, negative_prompt, self.do_classifier_free_guidance, num_images_per_prompt, device, prompt_embeds,
-            prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask, max_sequence_length,
+        text_kv = self._begin_call(
+            prompt, negative_prompt, guidance_scale, num_images_per_prompt, prompt_embeds, prompt_attention_mask,
+            negative_prompt_embeds, negative_prompt_attention_mask, max_sequence_length,
         )  # fmt: skip
-        text_kv = self._prepare_text_kv(*embeds)
+        device, num_images = self._execution_device, batch * num_images_per_prompt
 
         self.scheduler.set_timesteps(num_inference_steps, device=device, rho=rho)
         timesteps = self.scheduler.timesteps
@@ -192,10 +187,7 @@ class InstellaT2IPipeline(InstellaPipelineBase):
                 if self.interrupt:
                     break
                 model_input = torch.cat([latents, latents]) if self.do_classifier_free_guidance else latents
-                logits = self.transformer(model_input, t.expand(model_input.shape[0]), text_kv=text_kv).sample.float()
-                if self.do_classifier_free_guidance:
-                    cond, uncond = logits.chunk(2)
-                    logits = uncond + self._guidance_scale * (cond - uncond)
+                logits = self.guide(self.transformer(model_input, t.expand(len(model_input)), text_kv=text_kv).sample)
                 step = self.scheduler.step(
                     logits, t, latents, generator=generator, temperature=temperature, algorithm=algorithm
                 )
