@@ -33,7 +33,7 @@ setup(
         "tokenizers>=0.20",
     ],
     extras_require={
-        "test": ["pytest>=8", "scikit-image>=0.22"],
+        "test": ["pytest>=8", "scikit-image>=0.22", "tensorboard>=2.15"],
         "train": ["tensorboard>=2.15", "scikit-image>=0.22"],
     },
     entry_points={"console_scripts": ["diffusers-bit=diffusers_bit.cli:main"]},

@@ -901,3 +901,9 @@ def test_decode_with_one_side_is_square():
         assert tok.decode(bits, height=64).sample.shape[-2:] == (64, 64)
         assert tok.decode(bits, width=96).sample.shape[-2:] == (96, 96)
         assert tok.decode(bits).sample.shape[-2:] == (128, 128)
+
+
+def test_pack_bits_empty_batch():
+    packed = pack_bits(torch.zeros(0, 128, 64))
+    assert packed.shape == (0, 1024) and packed.dtype == torch.uint8
+    assert unpack_bits(packed).shape == (0, 128, 64)

@@ -21,7 +21,7 @@ def pack_bits(bits: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"`bits` must hold a multiple of 8 bits per latent, got {bits.shape[1] * bits.shape[2]}")
     if bool(((bits != 0) & (bits != 1)).any()):
         raise ValueError("`bits` must contain only 0 and 1")
-    flat = bits.reshape(bits.shape[0], -1, 8).to(torch.uint8)
+    flat = bits.reshape(bits.shape[0], bits.shape[1] * bits.shape[2] // 8, 8).to(torch.uint8)
     return (flat * _WEIGHTS.to(bits.device)).sum(-1, dtype=torch.uint8)
 
 

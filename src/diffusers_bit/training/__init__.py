@@ -1,0 +1,33 @@
+# Copyright 2026 The diffusers-bit authors. Licensed under the Apache License, Version 2.0.
+r"""Reusable machinery of the training scripts in `training_scripts/` (generators now, tokenizer stages later):
+data sources and deterministic resumable batching, the packed latent store, atomic checkpoints, component loading,
+objectives, model cards and Hub upload."""
+
+from .checkpointing import (
+    atomic_write_json,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    prune_checkpoints,
+    remove_stale_temp_dirs,
+    resolve_resume_checkpoint,
+    save_checkpoint,
+)
+from .data import (
+    BatchDataset,
+    ImageCaptionProcessor,
+    MapSource,
+    SkipSample,
+    SkipStats,
+    StreamSource,
+    build_source,
+    collate_images,
+    derive_seed,
+    identity_collate,
+    load_image,
+    preprocess_image,
+    synchronized_items,
+)
+from .hub import create_hub_repo, upload_training_folder, write_model_card
+from .latent_store import LatentStore, LatentStoreWriter, collate_latents, process_latent_record, write_header
+from .objectives import apply_prompt_dropout, autoregressive_loss, diffusion_loss, encode_text

@@ -1,0 +1,260 @@
+# Copyright 2026 The diffusers-bit authors. Licensed under the Apache License, Version 2.0.
+r"""Where the models of a training run come from, checked before anything heavy is loaded.
+
+- `--pretrained_model_name_or_path`: a saved Instella pipeline (folder or Hub repo id). Provides the image tokenizer,
+  the text tokenizer + encoder and, without `--preset`, the generator to fine-tune.
+- `--preset` (`tiny`, `instella-t2i` or a preset folder): architecture of a generator trained from scratch (random
+  weights); for components no pipeline provides, the preset's own (random) image tokenizer and text encoder.
+- `--image_tokenizer`: a [`BinaryLatentTokenizer`] folder/repo (e.g. the output of the tokenizer stages); overrides
+  the pipeline's.
+- `--text_encoder`: any transformers model that returns hidden states (decoder-only LMs get left padding); overrides
+  the pipeline's. Without any of these, `amd/AMD-OLMo-1B`.
+"""
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import huggingface_hub
+import torch
+
+from ..models import BinaryARTransformer, BinaryDiT, BinaryLatentTokenizer
+from ..pipelines.pipeline_instella_common import hub_offline
+from ..presets import load_preset_config, preset_path
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TEXT_ENCODER = "amd/AMD-OLMo-1B"
+GENERATOR_CLASSES = {"diffusion": BinaryDiT, "ar": BinaryARTransformer}
+PRESET_GENERATOR_COMPONENT = {"diffusion": "transformer", "ar": "ar_transformer"}
+PIPELINE_CLASS_NAMES = {"diffusion": "InstellaT2IPipeline", "ar": "InstellaARPipeline"}
+
+
+@dataclass
+class ComponentPlan:
+    r"""Where every component comes from: `(kind, location)` with kind `"pipeline"` (a subfolder of the pretrained
+    pipeline), `"model"` (a model folder or repo id) or `"preset"` (random weights from the preset's config)."""
+
+    text: tuple[str, str]
+    image_tokenizer: tuple[str, str]
+    generator: tuple[str, str]
+    pretrained: Optional[str] = None
+    revision: Optional[str] = None
+    cache_dir: Optional[str] = None
+
+    def describe(self) -> dict:
+        return {"text_encoder": "{}:{}".format(*self.text), "image_tokenizer": "{}:{}".format(*self.image_tokenizer),
+                "generator": "{}:{}".format(*self.generator)}  # fmt: skip
+
+
+def _is_local(path: Optional[str]) -> bool:
+    return path is not None and os.path.isdir(path)
+
+
+def _read_json(name_or_path: str, filename: str, revision: Optional[str], cache_dir: Optional[str]) -> Optional[dict]:
+    """A small JSON file of a local folder or Hub repo (only that file is downloaded); `None` when absent."""
+    if _is_local(name_or_path):
+        path = Path(name_or_path) / filename
+        return json.loads(path.read_text()) if path.is_file() else None
+    try:
+        path = huggingface_hub.hf_hub_download(name_or_path, filename, revision=revision, cache_dir=cache_dir,
+                                               local_files_only=hub_offline())  # fmt: skip
+    except huggingface_hub.errors.EntryNotFoundError:
+        return None
+    return json.loads(Path(path).read_text())
+
+
+def plan_components(
+    model: str,
+    pretrained_model_name_or_path: Optional[str] = None,
+    preset: Optional[str] = None,
+    text_encoder: Optional[str] = None,
+    image_tokenizer: Optional[str] = None,
+    revision: Optional[str] = None,
+    cache_dir: Optional[str] = None,
+    need_generator: bool = True,
+) -> ComponentPlan:
+    r"""Decide where each component comes from, reading only small config files. Raises `ValueError` naming the
+    flag when the combination cannot work. With `need_generator=False` (precomputing latents) only the image
+    tokenizer matters and `--pretrained_model_name_or_path` may be a tokenizer-only pipeline."""
+    if need_generator and model not in GENERATOR_CLASSES:
+        raise ValueError(f"`--model` must be one of {list(GENERATOR_CLASSES)}, got {model!r}")
+    if pretrained_model_name_or_path is None and preset is None and (need_generator or image_tokenizer is None):
+        raise ValueError("pass `--preset` (train a generator from scratch) and/or `--pretrained_model_name_or_path`")
+    index = None
+    if pretrained_model_name_or_path is not None:
+        index = _read_json(pretrained_model_name_or_path, "model_index.json", revision, cache_dir)
+        if index is None:
+            raise ValueError(f"`--pretrained_model_name_or_path` {pretrained_model_name_or_path!r} has no "
+                             "model_index.json (expected a saved InstellaT2IPipeline or InstellaARPipeline)")  # fmt: skip
+    if preset is not None:
+        preset_path(preset)  # raises for an unknown preset
+    has = (lambda name: index is not None and isinstance(index.get(name), list) and index[name][0] is not None)
+
+    if text_encoder is not None:
+        text = ("model", text_encoder)
+    elif has("text_encoder") and has("tokenizer"):
+        text = ("pipeline", "text_encoder")
+    elif preset is not None and (preset_path(preset) / "text_encoder").is_dir():
+        text = ("preset", str(preset))
+    else:
+        text = ("model", DEFAULT_TEXT_ENCODER)
+
+    if image_tokenizer is not None:
+        tokenizer = ("model", image_tokenizer)
+    elif has("image_tokenizer"):
+        tokenizer = ("pipeline", "image_tokenizer")
+    elif preset is not None:
+        tokenizer = ("preset", str(preset))
+    else:
+        raise ValueError(f"`--pretrained_model_name_or_path` {pretrained_model_name_or_path!r} has no image_tokenizer; "
+                         "pass `--image_tokenizer` or `--preset`")  # fmt: skip
+
+    if not need_generator:
+        generator = ("none", "")
+    elif preset is not None:
+        generator = ("preset", str(preset))
+    else:
+        expected = GENERATOR_CLASSES[model].__name__
+        found = index.get("transformer", [None, None])[1] if has("transformer") else None
+        if found != expected:
+            raise ValueError(
+                f"`--pretrained_model_name_or_path` {pretrained_model_name_or_path!r} has no {expected} transformer to "
+                f"fine-tune for `--model {model}` (found {found}); pass `--preset` to train one from scratch"
+            )
+        generator = ("pipeline", "transformer")
+    return ComponentPlan(text, tokenizer, generator, pretrained_model_name_or_path, revision, cache_dir)
+
+
+def image_tokenizer_config(plan: ComponentPlan) -> dict:
+    """The image tokenizer's config dict (read without loading weights)."""
+    kind, where = plan.image_tokenizer
+    if kind == "preset":
+        return load_preset_config(where, "image_tokenizer")
+    if kind == "pipeline":
+        config = _read_json(plan.pretrained, "image_tokenizer/config.json", plan.revision, plan.cache_dir)
+    else:
+        config = _read_json(where, "config.json", plan.revision, plan.cache_dir)
+        if config is None:
+            config = _read_json(where, "image_tokenizer/config.json", plan.revision, plan.cache_dir)
+    if config is None:
+        raise ValueError(f"no image tokenizer config found at {where!r}")
+    return config
+
+
+def check_resolution(config: dict, resolution: int, flag: str = "--resolution") -> None:
+    r"""Raise a `ValueError` naming `flag` unless the image tokenizer described by `config` encodes
+    `resolution x resolution` images."""
+    sizes = config.get("sample_sizes")
+    patch = int(config.get("patch_size", 16))
+    stride = 2 ** len(config.get("encoder_downsample_blocks", [7]))
+    if sizes is not None and resolution not in sizes:
+        raise ValueError(f"`{flag}` {resolution} is not supported by the image tokenizer; supported: {list(sizes)}")
+    if resolution <= 0 or resolution % (patch * stride):
+        raise ValueError(f"`{flag}` {resolution} must be a positive multiple of {patch * stride}")
+
+
+def resolve_pretrained(plan: ComponentPlan) -> Optional[Path]:
+    """Local folder of the pretrained pipeline (downloaded once for a repo id)."""
+    if plan.pretrained is None:
+        return None
+    if _is_local(plan.pretrained):
+        return Path(plan.pretrained)
+    return Path(
+        huggingface_hub.snapshot_download(
+            plan.pretrained, revision=plan.revision, cache_dir=plan.cache_dir, local_files_only=hub_offline(),
+            ignore_patterns=["checkpoint-*/*", "*.pt", "*.ckpt"],
+        )
+    )  # fmt: skip
+
+
+def _text_model_class(config):
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    return AutoModelForCausalLM if any("CausalLM" in a for a in (config.architectures or [])) else AutoModel
+
+
+def load_text_components(plan: ComponentPlan, dtype: Optional[torch.dtype] = None):
+    r"""`(tokenizer, text_encoder)`: frozen (`requires_grad=False`, eval mode), in `dtype` when given."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    kind, where = plan.text
+    if kind == "preset":
+        root = preset_path(where)
+        tokenizer = AutoTokenizer.from_pretrained(str(root / "tokenizer"))
+        config = AutoConfig.from_pretrained(str(root / "text_encoder"))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # the same random text encoder in every process and run
+            text_encoder = _text_model_class(config).from_config(config)
+    else:
+        if kind == "pipeline":
+            root, sub_tok, sub_enc = str(resolve_pretrained(plan)), "tokenizer", "text_encoder"
+        else:
+            root, sub_tok, sub_enc = where, None, None
+        kwargs = dict(revision=plan.revision if kind == "pipeline" else None, cache_dir=plan.cache_dir)
+        tokenizer = AutoTokenizer.from_pretrained(root, subfolder=sub_tok or "", **kwargs)
+        config = AutoConfig.from_pretrained(root, subfolder=sub_enc or "", **kwargs)
+        text_encoder = _text_model_class(config).from_pretrained(root, subfolder=sub_enc or "", **kwargs)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if dtype is not None and text_encoder.dtype != dtype:
+        text_encoder.to(dtype=dtype)
+    return tokenizer, text_encoder.eval().requires_grad_(False)
+
+
+def text_encoder_dims(text_encoder) -> tuple[int, int]:
+    """`(hidden_size, num_layers)` of a transformers text model."""
+    config = text_encoder.config
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    hidden = getattr(config, "hidden_size", None) or getattr(config, "d_model")
+    layers = getattr(config, "num_hidden_layers", None) or getattr(config, "num_layers")
+    return int(hidden), int(layers)
+
+
+def load_image_tokenizer(plan: ComponentPlan, dtype: Optional[torch.dtype] = None) -> BinaryLatentTokenizer:
+    """The frozen image tokenizer (eval mode, `requires_grad=False`)."""
+    kind, where = plan.image_tokenizer
+    if kind == "preset":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = BinaryLatentTokenizer.from_config(load_preset_config(where, "image_tokenizer"))
+    elif kind == "pipeline":
+        model = BinaryLatentTokenizer.from_pretrained(str(resolve_pretrained(plan)), subfolder="image_tokenizer")
+    else:
+        has_subfolder = _read_json(where, "config.json", None, plan.cache_dir) is None
+        model = BinaryLatentTokenizer.from_pretrained(where, subfolder="image_tokenizer" if has_subfolder else None,
+                                                      cache_dir=plan.cache_dir)  # fmt: skip
+    if dtype is not None and model.dtype != dtype:
+        model.to(dtype=dtype)
+    return model.eval().requires_grad_(False)
+
+
+def build_generator(plan: ComponentPlan, model: str, image_tokenizer_config: dict, text_dims: tuple[int, int]):
+    r"""The generator to train: random weights from the preset (its in/out sizes set from the image tokenizer and its
+    text width/depth from the text encoder), or the pipeline's transformer to fine-tune (checked against both).
+    Seed the global RNG first for reproducible random weights."""
+    cls = GENERATOR_CLASSES[model]
+    bits, tokens = image_tokenizer_config["bits_per_token"], image_tokenizer_config["num_latent_tokens"]
+    kind, where = plan.generator
+    if kind == "preset":
+        config = dict(load_preset_config(where, PRESET_GENERATOR_COMPONENT[model]))
+        overrides = {"in_channels": bits, "num_tokens": tokens, "text_embed_dim": text_dims[0],
+                     "text_num_layers": text_dims[1]}  # fmt: skip
+        changed = {k: (config.get(k), v) for k, v in overrides.items() if config.get(k) != v}
+        if changed:
+            logger.info("generator config adapted to the image tokenizer / text encoder: %s", changed)
+        config.update(overrides)
+        return cls.from_config(config)
+    generator = cls.from_pretrained(str(resolve_pretrained(plan)), subfolder="transformer")
+    c = generator.config
+    expected = {"in_channels": bits, "num_tokens": tokens, "text_embed_dim": text_dims[0],
+                "text_num_layers": text_dims[1]}  # fmt: skip
+    actual = {"in_channels": c.in_channels, "num_tokens": c.num_tokens, "text_embed_dim": c.text_embed_dim,
+              "text_num_layers": c.text_num_layers or c.num_layers}  # fmt: skip
+    if actual != expected:
+        raise ValueError(f"the pretrained transformer ({actual}) does not match the image tokenizer / text encoder "
+                         f"({expected})")  # fmt: skip
+    return generator

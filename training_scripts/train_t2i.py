@@ -1,0 +1,627 @@
+#!/usr/bin/env python
+# Copyright 2026 The diffusers-bit authors. Licensed under the Apache License, Version 2.0.
+r"""Train an Instella-T2I text-to-image generator in the 1D binary latent space.
+
+    accelerate launch training_scripts/train_t2i.py --model diffusion|ar \
+        --pretrained_model_name_or_path <instella pipeline> --preset instella-t2i \
+        --train_data_dir <images> | --dataset_name <hub data set> | --latents_dir <precomputed store> \
+        --output_dir <folder> [...]
+
+The paper's recipe (Instella-T2I §2.2, §2.3, §4, Appendix B) is the default: frozen AMD-OLMo-1B text encoder (every
+layer's hidden states), frozen binary image tokenizer, AdamW lr 1e-4 with 1k warm-up steps, gradient clipping 1.0,
+prompts dropped to "" with probability 0.1, logit-normal timesteps and the flip-logit BCE for diffusion, next-token
+BCE over the 64 bits (with the split token) for AR. bf16, ZeRO-2 and gradient checkpointing come from the accelerate
+config and flags (see training_scripts/README.md).
+
+The output folder holds a complete pipeline (`InstellaT2IPipeline` / `InstellaARPipeline`, `from_pretrained`-able),
+a model card, tensorboard logs and the `checkpoint-<step>` folders.
+"""
+
+import argparse
+import json
+import logging
+import math
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import ProjectConfiguration, broadcast_object_list, set_seed
+from tqdm.auto import tqdm
+
+import diffusers
+import transformers
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from diffusers_bit import BernoulliScheduler, InstellaARPipeline, InstellaT2IPipeline, unpack_bits
+from diffusers_bit.presets import load_preset_config, preset_path
+from diffusers_bit.training import (
+    BatchDataset,
+    ImageCaptionProcessor,
+    LatentStore,
+    apply_prompt_dropout,
+    autoregressive_loss,
+    build_source,
+    collate_images,
+    collate_latents,
+    create_hub_repo,
+    derive_seed,
+    diffusion_loss,
+    encode_text,
+    identity_collate,
+    load_checkpoint,
+    process_latent_record,
+    remove_stale_temp_dirs,
+    resolve_resume_checkpoint,
+    save_checkpoint,
+    synchronized_items,
+    upload_training_folder,
+    write_model_card,
+)
+from diffusers_bit.training.checkpointing import TRAINING_STATE, maybe_inject_fault
+from diffusers_bit.training.components import (
+    GENERATOR_CLASSES,
+    build_generator,
+    check_resolution,
+    image_tokenizer_config,
+    load_image_tokenizer,
+    load_text_components,
+    plan_components,
+    resolve_pretrained,
+    text_encoder_dims,
+)
+from diffusers_bit.training.data import SKIP_REASONS, SkipStats
+from diffusers_bit.training.utils import (
+    RunningMean,
+    accelerator_cpu_flag,
+    image_grid,
+    log_image_grid,
+    scalar_config,
+    weight_dtype_for,
+)
+
+logger = get_logger(__name__, log_level="INFO")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Arguments
+# ----------------------------------------------------------------------------------------------------------------------
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", type=str, default="diffusion", choices=["diffusion", "ar"],
+                       help="Generator to train: Bernoulli diffusion (BinaryDiT) or autoregressive (BinaryARTransformer).")
+    group.add_argument("--pretrained_model_name_or_path", type=str, default=None,
+                       help="A saved InstellaT2IPipeline/InstellaARPipeline (folder or Hub repo id). Provides the image "
+                            "tokenizer and text encoder, and without --preset the generator to fine-tune.")
+    group.add_argument("--revision", type=str, default=None, help="Revision of --pretrained_model_name_or_path.")
+    group.add_argument("--preset", type=str, default=None,
+                       help="Train the generator from scratch with this architecture (tiny, instella-t2i or a preset "
+                            "folder). Components no pipeline provides come from the preset (random weights).")
+    group.add_argument("--text_encoder", type=str, default=None,
+                       help="Frozen text encoder: any transformers model with hidden states. Default: the pipeline's, "
+                            "else the preset's, else amd/AMD-OLMo-1B.")
+    group.add_argument("--image_tokenizer", type=str, default=None,
+                       help="A BinaryLatentTokenizer folder or repo (overrides the pipeline's image tokenizer).")
+    group.add_argument("--max_sequence_length", type=int, default=128, help="Prompt truncation (paper: 128).")
+    group.add_argument("--cache_dir", type=str, default=None, help="Cache of downloaded models and data sets.")
+
+    group = parser.add_argument_group("data")
+    group.add_argument("--dataset_name", type=str, default=None,
+                       help="A Hub data set (or anything datasets.load_dataset takes) with images and captions.")
+    group.add_argument("--dataset_config_name", type=str, default=None)
+    group.add_argument("--dataset_split", type=str, default="train")
+    group.add_argument("--train_data_dir", type=str, default=None,
+                       help="Local data: an imagefolder with metadata.jsonl, webdataset .tar shards, or .parquet files.")
+    group.add_argument("--latents_dir", type=str, default=None,
+                       help="A latent store written by precompute_latents.py (skips the image tokenizer).")
+    group.add_argument("--image_column", type=str, default="image")
+    group.add_argument("--caption_column", type=str, default="text",
+                       help="Caption column (a string, or a list of strings of which one is drawn per epoch).")
+    group.add_argument("--streaming", action="store_true", help="Stream the data set instead of downloading/indexing it.")
+    group.add_argument("--shuffle_buffer_size", type=int, default=1000, help="Shuffle buffer of streamed data.")
+    group.add_argument("--max_train_samples", type=int, default=None, help="Use only this many records (debugging).")
+    group.add_argument("--resolution", type=int, default=512,
+                       help="Training resolution; must be one the image tokenizer encodes (512/768/1024 for the paper's).")
+    group.add_argument("--min_image_size", type=int, default=None,
+                       help="Skip images whose shorter edge is smaller (default: resolution / 2 as in the paper; "
+                            "0 keeps all).")
+    group.add_argument("--dataloader_num_workers", type=int, default=0)
+    group.add_argument("--prompt_dropout", type=float, default=0.1,
+                       help="Probability of replacing a caption by '' (classifier-free guidance; paper: 0.1).")
+
+    group = parser.add_argument_group("training")
+    group.add_argument("--output_dir", type=str, default="instella-t2i-model")
+    group.add_argument("--seed", type=int, default=None, help="Seed of weights, data order and noise (resume keeps it).")
+    group.add_argument("--train_batch_size", type=int, default=16,
+                       help="Batch size per device (paper: 512 per MI300X, global 4096 on 8 GPUs).")
+    group.add_argument("--num_train_epochs", type=int, default=1)
+    group.add_argument("--max_train_steps", type=int, default=None,
+                       help="Optimizer steps; overrides --num_train_epochs (required with --streaming).")
+    group.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    group.add_argument("--gradient_checkpointing", action="store_true")
+    group.add_argument("--learning_rate", type=float, default=1e-4)
+    group.add_argument("--lr_scheduler", type=str, default="constant_with_warmup",
+                       choices=["linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
+                                "constant_with_warmup"],
+                       help="Learning-rate schedule (paper: constant after a linear warm-up).")
+    group.add_argument("--lr_warmup_steps", type=int, default=1000)
+    group.add_argument("--adam_beta1", type=float, default=0.9)
+    group.add_argument("--adam_beta2", type=float, default=0.999)
+    group.add_argument("--adam_weight_decay", type=float, default=0.0)
+    group.add_argument("--adam_epsilon", type=float, default=1e-8)
+    group.add_argument("--max_grad_norm", type=float, default=1.0)
+    group.add_argument("--use_ema", action="store_true", help="Keep an EMA of the weights; the saved pipeline uses it.")
+    group.add_argument("--ema_decay", type=float, default=0.9999)
+    group.add_argument("--mixed_precision", type=str, default=None, choices=["no", "fp16", "bf16"],
+                       help="Default: the accelerate config's (paper: bf16).")
+    group.add_argument("--allow_tf32", action="store_true", help="Allow TF32 matmuls on Ampere+ GPUs.")
+
+    group = parser.add_argument_group("logging, checkpoints, validation, Hub")
+    group.add_argument("--report_to", type=str, default="tensorboard", help='"tensorboard", "wandb", "all" or "none".')
+    group.add_argument("--logging_dir", type=str, default="logs", help="Tracker folder, relative to --output_dir.")
+    group.add_argument("--tracker_project_name", type=str, default="train_t2i")
+    group.add_argument("--checkpointing_steps", type=int, default=500)
+    group.add_argument("--checkpoints_total_limit", type=int, default=None)
+    group.add_argument("--resume_from_checkpoint", type=str, default=None,
+                       help='"latest" (the newest complete checkpoint in --output_dir, or a fresh start if none) or a '
+                            "checkpoint folder.")
+    group.add_argument("--validation_prompts", type=str, nargs="+", default=None)
+    group.add_argument("--validation_steps", type=int, default=500)
+    group.add_argument("--validation_inference_steps", type=int, default=20, help="Diffusion sampling steps.")
+    group.add_argument("--validation_guidance_scale", type=float, default=None, help="Default: the pipeline's.")
+    group.add_argument("--validation_temperature", type=float, default=None, help="Default: the pipeline's.")
+    group.add_argument("--push_to_hub", action="store_true")
+    group.add_argument("--hub_model_id", type=str, default=None, help="Default: the name of --output_dir.")
+    group.add_argument("--hub_token", type=str, default=None)
+    group.add_argument("--hub_private", action="store_true")
+
+    args = parser.parse_args(argv)
+    validate_args(args)
+    return args
+
+
+def validate_args(args: argparse.Namespace) -> None:
+    """Cheap checks, before any model or data is loaded; errors name the flag."""
+    sources = [name for name in ("dataset_name", "train_data_dir", "latents_dir") if getattr(args, name)]
+    if len(sources) != 1:
+        raise ValueError(f"pass exactly one of --dataset_name, --train_data_dir, --latents_dir (got {sources or 'none'})")
+    if args.pretrained_model_name_or_path is None and args.preset is None:
+        raise ValueError("pass --preset (train from scratch) and/or --pretrained_model_name_or_path")
+    if args.latents_dir and args.streaming:
+        raise ValueError("--streaming does not apply to --latents_dir (a latent store is memory-mapped)")
+    if args.streaming and args.max_train_steps is None:
+        raise ValueError("--streaming needs --max_train_steps (a stream has no length)")
+    for flag in ("train_batch_size", "gradient_accumulation_steps", "checkpointing_steps", "validation_steps",
+                 "num_train_epochs", "max_sequence_length", "validation_inference_steps", "resolution"):
+        if getattr(args, flag) < 1:
+            raise ValueError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
+    for flag in ("max_train_steps", "checkpoints_total_limit", "max_train_samples"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            raise ValueError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
+    if not 0.0 <= args.prompt_dropout <= 1.0:
+        raise ValueError(f"--prompt_dropout must be in [0, 1], got {args.prompt_dropout}")
+    if args.lr_warmup_steps < 0 or args.dataloader_num_workers < 0:
+        raise ValueError("--lr_warmup_steps and --dataloader_num_workers must be >= 0")
+    if args.min_image_size is None:
+        args.min_image_size = args.resolution // 2
+    if args.push_to_hub and args.hub_model_id is None:
+        args.hub_model_id = Path(args.output_dir).resolve().name
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Helpers
+# ----------------------------------------------------------------------------------------------------------------------
+def make_pipeline(model, tokenizer, text_encoder, image_tokenizer, transformer, scheduler):
+    if model == "diffusion":
+        pipe = InstellaT2IPipeline(tokenizer, text_encoder, image_tokenizer, transformer, scheduler)
+    else:
+        pipe = InstellaARPipeline(tokenizer, text_encoder, image_tokenizer, transformer)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def load_noise_scheduler(plan, preset) -> BernoulliScheduler:
+    if plan.pretrained is not None:
+        folder = resolve_pretrained(plan) / "scheduler"
+        if folder.is_dir():
+            return BernoulliScheduler.from_pretrained(str(folder))
+    if preset is not None and (preset_path(preset) / "scheduler").is_dir():
+        return BernoulliScheduler.from_config(load_preset_config(preset, "scheduler"))
+    return BernoulliScheduler()
+
+
+def log_validation(pipe, args, accelerator, step: int, seed: int) -> None:
+    logger.info(f"Running validation at step {step}: {len(args.validation_prompts)} prompts")
+    kwargs = {"height": args.resolution, "width": args.resolution, "output_type": "pil"}
+    if args.model == "diffusion":
+        kwargs["num_inference_steps"] = args.validation_inference_steps
+    if args.validation_guidance_scale is not None:
+        kwargs["guidance_scale"] = args.validation_guidance_scale
+    if args.validation_temperature is not None:
+        kwargs["temperature"] = args.validation_temperature
+    # the same noise at every validation, independent of the training RNG
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    was_training = pipe.transformer.training
+    pipe.transformer.eval()
+    with torch.no_grad(), accelerator.autocast():
+        images = pipe(list(args.validation_prompts), generator=generator, **kwargs).images
+    pipe.transformer.train(was_training)
+    grid = image_grid(images, cols=len(images))
+    log_image_grid(accelerator, "validation", grid, step, caption=" | ".join(args.validation_prompts))
+    folder = Path(args.output_dir, args.logging_dir, "validation")
+    folder.mkdir(parents=True, exist_ok=True)
+    grid.save(folder / f"step-{step:08d}.png")
+
+
+def data_description(args, source, stats: SkipStats) -> str:
+    if args.latents_dir:
+        where = f"precomputed latent store `{args.latents_dir}` ({len(source)} images)"
+    elif args.dataset_name:
+        where = f"Hub data set `{args.dataset_name}`" + (f" ({args.dataset_config_name})" if args.dataset_config_name else "")
+    else:
+        where = f"local data `{Path(args.train_data_dir).name}`"
+    if not args.latents_dir and hasattr(source, "__len__"):
+        where += f", {len(source)} records"
+    parts = [where, f"columns image=`{args.image_column}` caption=`{args.caption_column}`"]
+    if not args.latents_dir:
+        parts.append(f"{args.resolution}px (shorter edge resized, centre crop; images under {args.min_image_size}px skipped)")
+    parts.append(f"skipped records: {stats.summary()}")
+    return "; ".join(parts)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------------------------------------------------
+def main(args: argparse.Namespace) -> dict:
+    started = time.time()
+    output_dir = Path(args.output_dir)
+    accelerator = Accelerator(
+        cpu=accelerator_cpu_flag(),
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / args.logging_dir)),
+    )
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%m/%d/%Y %H:%M:%S",
+                        level=logging.INFO)  # fmt: skip
+    logger.info(accelerator.state, main_process_only=False)
+    if accelerator.is_local_main_process:
+        transformers.utils.logging.set_verbosity_warning()
+        diffusers.utils.logging.set_verbosity_warning()
+    else:
+        transformers.utils.logging.set_verbosity_error()
+        diffusers.utils.logging.set_verbosity_error()
+    if args.allow_tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+
+    # == where everything comes from; checked before anything heavy is loaded ==
+    plan = plan_components(args.model, args.pretrained_model_name_or_path, args.preset, args.text_encoder,
+                           args.image_tokenizer, args.revision, args.cache_dir)  # fmt: skip
+    tokenizer_config = image_tokenizer_config(plan)
+    check_resolution(tokenizer_config, args.resolution)
+    num_tokens, bits_per_token = tokenizer_config["num_latent_tokens"], tokenizer_config["bits_per_token"]
+
+    if args.latents_dir:
+        source = LatentStore(args.latents_dir)
+        if (source.num_tokens, source.bits_per_token) != (num_tokens, bits_per_token):
+            raise ValueError(f"--latents_dir holds {source.num_tokens} x {source.bits_per_token}-bit latents but the "
+                             f"image tokenizer makes {num_tokens} x {bits_per_token}")  # fmt: skip
+        process_fn, collate_fn = process_latent_record, collate_latents
+    else:
+        with accelerator.main_process_first():  # the main process prepares the `datasets` cache, the others reuse it
+            source = build_source(args.dataset_name, args.train_data_dir, args.dataset_config_name, args.dataset_split,
+                                  args.image_column, args.caption_column, args.streaming, args.cache_dir,
+                                  args.shuffle_buffer_size, args.max_train_samples)  # fmt: skip
+        process_fn = ImageCaptionProcessor(args.resolution, args.image_column, args.caption_column, args.min_image_size)
+        collate_fn = collate_images
+
+    # == output folder, resume point, seed ==
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temp_dirs(output_dir)
+    accelerator.wait_for_everyone()
+    resume_path = resolve_resume_checkpoint(output_dir, args.resume_from_checkpoint)
+    if args.resume_from_checkpoint and resume_path is None:
+        logger.info(f"No complete checkpoint in {output_dir}; starting a new run")
+    if resume_path is not None:
+        seed = json.loads((resume_path / TRAINING_STATE.format(0)).read_text())["seed"]
+    else:
+        seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
+        seed = broadcast_object_list([seed])[0]  # a random seed must be the same on every process
+    set_seed(seed)
+    logger.info(f"seed {seed}")
+
+    repo_id = None
+    if args.push_to_hub and accelerator.is_main_process:
+        repo_id = create_hub_repo(args.hub_model_id, token=args.hub_token, private=args.hub_private or None)
+
+    # == models ==
+    weight_dtype = weight_dtype_for(accelerator.mixed_precision)
+    tokenizer, text_encoder = load_text_components(plan, dtype=weight_dtype)
+    text_encoder.to(accelerator.device)
+    image_tokenizer = load_image_tokenizer(plan, dtype=weight_dtype).to(accelerator.device)
+    transformer = build_generator(plan, args.model, tokenizer_config, text_encoder_dims(text_encoder))
+    transformer.train()
+    noise_scheduler = load_noise_scheduler(plan, args.preset) if args.model == "diffusion" else None
+    if args.gradient_checkpointing:
+        transformer.enable_gradient_checkpointing()
+    model_cls = GENERATOR_CLASSES[args.model]
+    ema_model = None
+    if args.use_ema:
+        ema_model = EMAModel(transformer.parameters(), decay=args.ema_decay, model_cls=model_cls,
+                             model_config=transformer.config)  # fmt: skip
+
+    # checkpoints hold the transformer (and its EMA) as `save_pretrained` folders
+    def save_model_hook(models, weights, folder):
+        if accelerator.is_main_process:
+            if ema_model is not None:
+                ema_model.save_pretrained(os.path.join(folder, "transformer_ema"))
+            for model in models:
+                accelerator.unwrap_model(model).save_pretrained(os.path.join(folder, "transformer"))
+                if weights:  # DeepSpeed saves its own states and passes no weights
+                    weights.pop()
+
+    def load_model_hook(models, folder):
+        if ema_model is not None:
+            loaded = EMAModel.from_pretrained(os.path.join(folder, "transformer_ema"), model_cls)
+            ema_model.load_state_dict(loaded.state_dict())
+            ema_model.to(accelerator.device)
+            del loaded
+        while models:  # empty under DeepSpeed, which loads its own checkpoint
+            model = models.pop()
+            loaded = model_cls.from_pretrained(folder, subfolder="transformer")
+            accelerator.unwrap_model(model).load_state_dict(loaded.state_dict())
+            del loaded
+
+    accelerator.register_save_state_pre_hook(save_model_hook)
+    accelerator.register_load_state_pre_hook(load_model_hook)
+
+    optimizer = torch.optim.AdamW(
+        transformer.parameters(),
+        lr=args.learning_rate,
+        betas=(args.adam_beta1, args.adam_beta2),
+        weight_decay=args.adam_weight_decay,
+        eps=args.adam_epsilon,
+    )
+
+    def make_dataset(epoch: int, start_index: int = 0) -> BatchDataset:
+        return BatchDataset(source, process_fn, collate_fn, args.train_batch_size, seed, epoch,
+                            accelerator.process_index, accelerator.num_processes, start_index=start_index)  # fmt: skip
+
+    streaming = args.streaming
+    items_per_epoch = None if streaming else len(make_dataset(0))
+    if items_per_epoch == 0:
+        raise ValueError("the training data is empty: check --dataset_name/--train_data_dir/--latents_dir")
+    if args.max_train_steps is None:
+        args.max_train_steps = args.num_train_epochs * math.ceil(items_per_epoch / args.gradient_accumulation_steps)
+    # the prepared scheduler steps once per process at every optimizer step (diffusers' convention)
+    lr_scheduler = get_scheduler(
+        args.lr_scheduler,
+        optimizer,
+        num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+        num_training_steps=args.max_train_steps * accelerator.num_processes,
+    )
+    if accelerator.state.deepspeed_plugin is not None:  # no dataloader goes through prepare()
+        accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = args.train_batch_size
+    transformer, optimizer, lr_scheduler = accelerator.prepare(transformer, optimizer, lr_scheduler)
+    if ema_model is not None:
+        ema_model.to(accelerator.device)
+
+    if accelerator.is_main_process:
+        accelerator.init_trackers(args.tracker_project_name, config=scalar_config(vars(args)))
+
+    pipe = make_pipeline(args.model, tokenizer, text_encoder, image_tokenizer, accelerator.unwrap_model(transformer),
+                         noise_scheduler)  # fmt: skip
+
+    # == resume ==
+    state = {"global_step": 0, "epoch": 0, "batch_in_epoch": 0, "seed": seed, "images_seen": 0, "skipped": {},
+             "loss_ema": RunningMean().state_dict(), "accuracy_ema": RunningMean().state_dict(), "train_time": 0.0,
+             "num_processes": accelerator.num_processes, "num_workers": args.dataloader_num_workers}  # fmt: skip
+    if resume_path is not None:
+        logger.info(f"Resuming from checkpoint {resume_path}")
+        state.update(load_checkpoint(accelerator, resume_path))
+        workers_changed = streaming and state["num_workers"] != args.dataloader_num_workers
+        if state["num_processes"] != accelerator.num_processes or workers_changed:
+            logger.warning("the checkpoint was written with a different number of processes/workers: the data order "
+                           "will differ from an uninterrupted run")  # fmt: skip
+        state["num_processes"], state["num_workers"] = accelerator.num_processes, args.dataloader_num_workers
+    global_step, epoch, start_index = state["global_step"], state["epoch"], state["batch_in_epoch"]
+    loss_ema = RunningMean.from_state_dict(state["loss_ema"])
+    accuracy_ema = RunningMean.from_state_dict(state["accuracy_ema"])
+    skip_stats = SkipStats()
+    skip_stats.counts.update(state["skipped"])
+
+    total_batch_size = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+    logger.info("***** Running training *****")
+    logger.info(f"  Generator = {args.model} ({model_cls.__name__}, "
+                f"{sum(p.numel() for p in transformer.parameters()) / 1e6:.2f}M parameters)")  # fmt: skip
+    logger.info(f"  Components = {plan.describe()}")
+    logger.info(f"  Data = {'latent store' if args.latents_dir else 'images, tokenized on the fly'}, "
+                f"{'streaming' if streaming else f'{items_per_epoch} batches per epoch per process'}")  # fmt: skip
+    logger.info(f"  Batch size per device = {args.train_batch_size}, total (parallel, distributed & accumulation) = "
+                f"{total_batch_size}")  # fmt: skip
+    logger.info(f"  Gradient accumulation steps = {args.gradient_accumulation_steps}")
+    logger.info(f"  Total optimization steps = {args.max_train_steps} (starting at {global_step})")
+
+    progress_bar = tqdm(range(args.max_train_steps), initial=global_step, desc="Steps",
+                        disable=not accelerator.is_local_main_process)  # fmt: skip
+    device = accelerator.device
+    pending_losses, pending_accuracy, logged_skips = [], [], 0
+    loss_history = []  # (step, loss) of this run, returned to callers (tests, notebooks)
+    run_started, train_time_before = time.time(), state["train_time"]
+
+    def validate(step: int) -> None:
+        if ema_model is not None:  # validate the weights that will be saved
+            ema_model.store(transformer.parameters())
+            ema_model.copy_to(transformer.parameters())
+        log_validation(pipe, args, accelerator, step, seed)
+        if ema_model is not None:
+            ema_model.restore(transformer.parameters())
+
+    def current_state() -> dict:
+        return {**state, "global_step": global_step, "epoch": epoch, "batch_in_epoch": start_index,
+                "skipped": dict(skip_stats.counts), "loss_ema": loss_ema.state_dict(),
+                "accuracy_ema": accuracy_ema.state_dict(),
+                "train_time": train_time_before + time.time() - run_started}  # fmt: skip
+
+    while global_step < args.max_train_steps:
+        dataset = make_dataset(epoch, start_index)
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=None, num_workers=args.dataloader_num_workers, collate_fn=identity_collate,
+            pin_memory=device.type == "cuda",
+            # its own generator: creating the iterator must not draw from the global RNG (restored on resume)
+            generator=torch.Generator().manual_seed(derive_seed(seed, accelerator.process_index, epoch, start_index)),
+        )  # fmt: skip
+        trained_batches = 0  # micro-batches trained in this epoch
+        for item in synchronized_items(loader, accelerator):
+            start_index = item["index"] + 1
+            if item["skipped"]:
+                for reason, count in item["skipped"].items():
+                    skip_stats.counts[reason] += count
+                for reason, key, detail in item["skip_examples"]:
+                    if logged_skips < 20:
+                        logger.warning(f"skipped {key}: {reason} ({detail})", main_process_only=False)
+                    logged_skips += 1
+            if item["skip"]:
+                continue
+            batch = item["batch"]
+            # every random draw of this micro-batch is a function of (seed, process, epoch, batch): resume-exact
+            noise_generator = torch.Generator(device=device).manual_seed(
+                derive_seed(seed, accelerator.process_index, epoch, item["index"], 1)
+            )
+            dropout_rng = np.random.default_rng(derive_seed(seed, accelerator.process_index, epoch, item["index"], 2))
+
+            with accelerator.accumulate(transformer):
+                with torch.no_grad():
+                    if args.latents_dir:
+                        bits = unpack_bits(batch["packed"].to(device), num_tokens, bits_per_token)
+                    else:
+                        pixels = batch["pixel_values"].to(device, dtype=weight_dtype, non_blocking=True)
+                        bits = image_tokenizer.encode(pixels, sample=False).bits.float()
+                    captions = apply_prompt_dropout(batch["captions"], args.prompt_dropout, dropout_rng)
+                    text_embeds, text_mask = encode_text(pipe, captions, device, args.max_sequence_length)
+                if args.model == "diffusion":
+                    loss, metrics = diffusion_loss(transformer, noise_scheduler, bits, text_embeds, text_mask,
+                                                   noise_generator)  # fmt: skip
+                else:
+                    loss, metrics = autoregressive_loss(transformer, bits, text_embeds, text_mask)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and args.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(transformer.parameters(), args.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            trained_batches += 1
+            pending_losses.append(loss.detach().float())
+            pending_accuracy.append(metrics["bit_accuracy"].float())
+
+            if not accelerator.sync_gradients:
+                continue
+            # == one optimizer step done ==
+            if ema_model is not None:
+                ema_model.step(transformer.parameters())
+            global_step += 1
+            state["images_seen"] += total_batch_size
+            step_loss = accelerator.gather(torch.stack(pending_losses).mean()[None]).mean().item()
+            step_accuracy = accelerator.gather(torch.stack(pending_accuracy).mean()[None]).mean().item()
+            pending_losses, pending_accuracy = [], []
+            if not math.isfinite(step_loss):
+                raise RuntimeError(f"the loss is {step_loss} at step {global_step}; stopping")
+            loss_history.append((global_step, step_loss))
+            loss_ema.update(step_loss)
+            accuracy_ema.update(step_accuracy)
+            logs = {"train_loss": step_loss, "bit_accuracy": step_accuracy, "lr": lr_scheduler.get_last_lr()[0]}
+            accelerator.log(logs, step=global_step)
+            progress_bar.update(1)
+            progress_bar.set_postfix(loss=f"{step_loss:.4f}", acc=f"{step_accuracy:.3f}")
+            if skip_stats.total:
+                accelerator.log({f"skipped/{r}": skip_stats.counts.get(r, 0) for r in SKIP_REASONS}, step=global_step)
+            maybe_inject_fault("step", global_step)
+
+            if global_step % args.checkpointing_steps == 0:
+                save_checkpoint(accelerator, output_dir, global_step, current_state(), args.checkpoints_total_limit)
+            if args.validation_prompts and global_step % args.validation_steps == 0 and accelerator.is_main_process:
+                validate(global_step)
+            if global_step >= args.max_train_steps:
+                break
+        if global_step >= args.max_train_steps:
+            break
+        if trained_batches == 0 and dataset.start_index == 0:
+            raise RuntimeError(f"an epoch of the data produced no training step (skipped records: {skip_stats.summary()}); "
+                               "check the data, --image_column/--caption_column and --min_image_size")  # fmt: skip
+        epoch, start_index = epoch + 1, 0
+
+    if args.validation_prompts and global_step % args.validation_steps and accelerator.is_main_process:
+        validate(global_step)  # the final weights, when the last step was not a validation step
+
+    # == summary, final pipeline, model card, upload ==
+    counts = torch.tensor([float(skip_stats.counts.get(r, 0)) for r in SKIP_REASONS], device=device)
+    counts = accelerator.reduce(counts, reduction="sum") if accelerator.num_processes > 1 else counts
+    total_skips = SkipStats()
+    total_skips.counts.update({r: int(c) for r, c in zip(SKIP_REASONS, counts.tolist()) if c})
+    logger.info(f"Skipped {total_skips.total} unusable records in total ({total_skips.summary()})")
+    train_time = train_time_before + time.time() - run_started
+    accelerator.wait_for_everyone()
+    results = {"global_step": global_step, "final_loss": loss_ema.value, "bit_accuracy": accuracy_ema.value,
+               "skipped": dict(total_skips.counts), "images_seen": state["images_seen"], "train_time": train_time,
+               "loss_history": loss_history, "seed": seed}  # fmt: skip
+    if accelerator.is_main_process:
+        model = accelerator.unwrap_model(transformer)
+        if ema_model is not None:
+            ema_model.copy_to(model.parameters())
+        if weight_dtype != torch.float32:  # save the frozen models in their original precision, not the compute dtype
+            tokenizer, text_encoder = load_text_components(plan)
+            image_tokenizer = load_image_tokenizer(plan)
+        final = make_pipeline(args.model, tokenizer, text_encoder, image_tokenizer, model, noise_scheduler)
+        final.save_pretrained(str(output_dir))
+        hyperparameters = {
+            "generator": f"{args.model} ({model_cls.__name__})",
+            "learning_rate": args.learning_rate, "lr_scheduler": args.lr_scheduler, "lr_warmup_steps": args.lr_warmup_steps,
+            "optimizer": f"AdamW (betas=({args.adam_beta1}, {args.adam_beta2}), weight_decay={args.adam_weight_decay}, "
+                         f"eps={args.adam_epsilon})",
+            "max_grad_norm": args.max_grad_norm,
+            "train_batch_size (per device)": args.train_batch_size,
+            "processes": accelerator.num_processes,
+            "gradient_accumulation_steps": args.gradient_accumulation_steps,
+            "total batch size": total_batch_size,
+            "mixed_precision": accelerator.mixed_precision,
+            "gradient_checkpointing": args.gradient_checkpointing,
+            "EMA": f"decay {args.ema_decay}" if args.use_ema else "no",
+            "prompt_dropout": args.prompt_dropout,
+            "max_sequence_length": args.max_sequence_length,
+            "resolution": args.resolution,
+            "seed": seed,
+            "text_encoder": "{}:{}".format(*plan.text),
+            "image_tokenizer": "{}:{}".format(*plan.image_tokenizer),
+        }  # fmt: skip
+        if noise_scheduler is not None:
+            hyperparameters["timesteps"] = noise_scheduler.config.timestep_distribution
+        metrics = {
+            "final train loss (EMA 0.9 over steps)": f"{loss_ema.value:.4f}",
+            "final bit accuracy (EMA 0.9)": f"{accuracy_ema.value:.4f}",
+            "images seen": state["images_seen"],
+            "throughput (images/s, this run)": f"{state['images_seen'] / max(train_time, 1e-9):.1f}",
+            "skipped records": total_skips.summary(),
+        }
+        training = {"script": "train_t2i.py", "data": data_description(args, source, total_skips),
+                    "steps": global_step, "hyperparameters": hyperparameters, "metrics": metrics}  # fmt: skip
+        card_repo = repo_id or args.hub_model_id or output_dir.resolve().name
+        base_model = plan.pretrained if plan.pretrained and not os.path.isdir(plan.pretrained) else None
+        write_model_card(final, output_dir, card_repo, training, base_model=base_model,
+                         description=f"Instella-T2I {args.model} generator trained with diffusers-bit.")  # fmt: skip
+        if args.push_to_hub:
+            upload_training_folder(output_dir, repo_id, token=args.hub_token, commit_message="End of training")
+            logger.info(f"Uploaded {output_dir} to {repo_id}")
+        logger.info(f"Saved the pipeline to {output_dir} in {time.time() - started:.1f}s")
+    accelerator.end_training()
+    return results
+
+
+if __name__ == "__main__":
+    main(parse_args())
