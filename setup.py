@@ -31,6 +31,7 @@ setup(
         "numpy",
         "pillow",
         "tokenizers>=0.20",
+        "pyyaml",
     ],
     extras_require={
         "test": ["pytest>=8", "scikit-image>=0.22", "tensorboard>=2.15"],
