@@ -907,3 +907,20 @@ def test_pack_bits_empty_batch():
     packed = pack_bits(torch.zeros(0, 128, 64))
     assert packed.shape == (0, 1024) and packed.dtype == torch.uint8
     assert unpack_bits(packed).shape == (0, 128, 64)
+
+
+def test_nan_in_padded_text_positions_does_not_leak():
+    dit = _dit()
+    feats = [torch.randn(2, 5, 32) for _ in range(2)]
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    poisoned = [f.clone() for f in feats]
+    for f in poisoned:
+        f[0, :2] = float("nan")
+    bits = torch.randint(0, 2, (2, 16, 16)).float()
+    with torch.no_grad():
+        clean = dit(bits, 0.5, feats, mask).sample
+        raw = dit(bits, 0.5, poisoned, mask).sample
+        cached = dit(bits, 0.5, text_kv=dit.prepare_text_kv(poisoned, mask)).sample
+    assert torch.isfinite(raw).all() and torch.isfinite(cached).all()
+    torch.testing.assert_close(raw, clean)
+    torch.testing.assert_close(cached, clean)

@@ -400,12 +400,21 @@ def project_text_kv(
         encoder_hidden_states: `L` tensors `(B, T, C_text)` (or one `(L, B, T, C_text)` tensor).
         encoder_attention_mask (`(B, T)`, *optional*): 1/True for real tokens, 0/False for padding.
     """
+    mask = text_padding_mask(encoder_attention_mask, blocks[0].context_embedder.weight.device)
     keys, values = [], []
     for block, layer in zip(blocks, layer_indices):
-        k, v = block_text_kv(block, encoder_hidden_states[layer])
+        k, v = block_text_kv(block, zero_padding(encoder_hidden_states[layer], mask))
         keys.append(k)
         values.append(v)
-    return TextKV(keys, values, text_padding_mask(encoder_attention_mask, keys[0].device))
+    return TextKV(keys, values, mask)
+
+
+def zero_padding(text_features: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """Zero the features of padded text tokens: they are never attended to, but a NaN there (some text encoders emit
+    NaN for fully padded rows) would still poison the attention output through `0 * NaN`."""
+    if mask is None:
+        return text_features
+    return text_features.masked_fill(~mask.to(text_features.device)[:, :, None], 0)
 
 
 def joint_attention_mask(
@@ -498,8 +507,9 @@ class TextConditioningMixin:
                 f"`encoder_hidden_states` has batch {encoder_hidden_states[0].shape[0]}, `hidden_states` has batch "
                 f"{batch_size}"
             )
-        texts = [encoder_hidden_states[layer] for layer in self.text_layer_map]
-        return texts, text_padding_mask(encoder_attention_mask, self.device), texts[0].shape[1]
+        mask = text_padding_mask(encoder_attention_mask, self.device)
+        texts = [zero_padding(encoder_hidden_states[layer], mask) for layer in self.text_layer_map]
+        return texts, mask, texts[0].shape[1]
 
     def _check_bits_input(self, hidden_states: torch.Tensor, max_tokens: int, exact: bool) -> None:
         channels = self.config.in_channels
