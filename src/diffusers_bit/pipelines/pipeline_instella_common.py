@@ -14,6 +14,7 @@ from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import VaeImageProcessor
 
 from ..models import BinaryLatentTokenizer
+from ..models.layers import zero_padding
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 _TRUE = {"1", "on", "yes", "true"}
@@ -193,9 +194,7 @@ class InstellaPipelineBase(DiffusionPipeline):
         input_ids = inputs["input_ids"].to(device)
         mask = inputs["attention_mask"].to(device)
         output = self.text_encoder(input_ids=input_ids, attention_mask=mask, output_hidden_states=True)
-        hidden = torch.stack(output.hidden_states[1:])
-        hidden = hidden.masked_fill(~mask.bool()[None, :, :, None], 0)
-        return hidden, mask
+        return zero_padding(torch.stack(output.hidden_states[1:]), mask.bool()), mask
 
     @torch.no_grad()
     def encode_prompt(
