@@ -19,7 +19,7 @@ from diffusers.utils import BaseOutput
 
 from ..utils.torch_utils import GeneratorType
 from .binary_quantizer import BinaryQuantizer
-from .layers import RESAMPLE_BLOCKS, Attention, RMSNorm, SwiGLU, rope_cos_sin
+from .layers import RESAMPLE_BLOCKS, Attention, RMSNorm, SwiGLU, rope_cos_sin, run_block
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -120,12 +120,6 @@ class _RotaryTower(nn.Module):
         positions = positions.to(weight_dtype if dtype == "auto" else _DTYPES[dtype])
         return rope_cos_sin(positions, self._rope["axes_dim"], self._rope["theta"])
 
-    def run_block(self, index: int, hidden_states: torch.Tensor, rotary_emb) -> torch.Tensor:
-        block = self.blocks[index]
-        if torch.is_grad_enabled() and self.gradient_checkpointing:
-            return self._gradient_checkpointing_func(block, hidden_states, rotary_emb)
-        return block(hidden_states, rotary_emb)
-
 
 class BinaryLatentEncoder(_RotaryTower):
     r"""ViT encoder: patch embedding, learned latent tokens placed before the image tokens, transformer blocks with
@@ -165,7 +159,7 @@ class BinaryLatentEncoder(_RotaryTower):
         weight_dtype = self.patch_embed.weight.dtype
         rotary_emb = self.rotary_emb(num_latent, height, width, scale, weight_dtype)
         for index in range(len(self.blocks)):
-            hidden_states = self.run_block(index, hidden_states, rotary_emb)
+            hidden_states = run_block(self, self.blocks[index], hidden_states, rotary_emb)
             if index in self.downsample_blocks:
                 down = self.downsamplers[self.downsample_blocks.index(index)]
                 image_tokens = down(hidden_states[:, num_latent:], height, width)
@@ -213,7 +207,7 @@ class BinaryLatentDecoder(_RotaryTower):
         weight_dtype = self.proj_in.weight.dtype
         rotary_emb = self.rotary_emb(num_latent, height, width, scale, weight_dtype)
         for index in range(len(self.blocks)):
-            hidden_states = self.run_block(index, hidden_states, rotary_emb)
+            hidden_states = run_block(self, self.blocks[index], hidden_states, rotary_emb)
             if index in self.upsample_blocks:
                 up = self.upsamplers[self.upsample_blocks.index(index)]
                 image_tokens = up(hidden_states[:, num_latent:], height, width)
