@@ -34,8 +34,8 @@ class BinaryTokenizerEncoderOutput(BaseOutput):
     """
 
     bits: torch.Tensor
-    logits: torch.Tensor
-    code_loss: torch.Tensor
+    logits: Optional[torch.Tensor] = None
+    code_loss: Optional[torch.Tensor] = None
 
 
 @dataclass
@@ -58,8 +58,8 @@ class BinaryTokenizerOutput(BaseOutput):
     """
 
     sample: torch.Tensor
-    bits: torch.Tensor
-    code_loss: torch.Tensor
+    bits: Optional[torch.Tensor] = None
+    code_loss: Optional[torch.Tensor] = None
 
 
 class TokenizerBlock(nn.Module):

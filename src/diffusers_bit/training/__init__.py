@@ -25,9 +25,18 @@ from .data import (
     derive_seed,
     identity_collate,
     load_image,
+    lookup_image,
     preprocess_image,
     synchronized_items,
+)
+from .discriminator import (
+    DinoDiscriminator,
+    adaptive_adversarial_weight,
+    build_discriminator,
+    hinge_discriminator_loss,
+    hinge_generator_loss,
 )
 from .hub import create_hub_repo, upload_training_folder, write_model_card
 from .latent_store import LatentStore, LatentStoreWriter, collate_latents, process_latent_record, write_header
 from .objectives import apply_prompt_dropout, autoregressive_loss, diffusion_loss, encode_text
+from .perceptual import LPIPS, load_perceptual_model

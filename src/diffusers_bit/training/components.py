@@ -224,9 +224,9 @@ def load_image_tokenizer(plan: ComponentPlan, dtype: Optional[torch.dtype] = Non
     elif kind == "pipeline":
         model = BinaryLatentTokenizer.from_pretrained(str(resolve_pretrained(plan)), subfolder="image_tokenizer")
     else:
-        has_subfolder = _read_json(where, "config.json", None, plan.cache_dir) is None
+        has_subfolder = _read_json(where, "config.json", plan.revision, plan.cache_dir) is None
         model = BinaryLatentTokenizer.from_pretrained(where, subfolder="image_tokenizer" if has_subfolder else None,
-                                                      cache_dir=plan.cache_dir)  # fmt: skip
+                                                      cache_dir=plan.cache_dir, revision=plan.revision)  # fmt: skip
     if dtype is not None and model.dtype != dtype:
         model.to(dtype=dtype)
     return model.eval().requires_grad_(False)

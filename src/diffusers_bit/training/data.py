@@ -176,7 +176,7 @@ class ImageCaptionProcessor:
                 raise SkipSample("missing_caption", "empty caption list")
         else:
             caption = select_caption(value, rng)
-        image = load_image(_lookup_image(record, self.image_column))
+        image = load_image(lookup_image(record, self.image_column))
         return {"pixel_values": preprocess_image(image, self.resolution, self.min_size), "caption": caption}
 
 
@@ -188,7 +188,8 @@ def collate_images(samples: list[dict]) -> dict:
     }
 
 
-def _lookup_image(record: dict, column: str) -> Any:
+def lookup_image(record: dict, column: str) -> Any:
+    """The image value of `record` (webdataset records: the member with any image extension)."""
     if column in record:
         return record[column]
     if "__key__" in record:  # webdataset record: any image extension
@@ -478,7 +479,7 @@ def build_source(
     dataset_config_name: Optional[str] = None,
     split: str = "train",
     image_column: str = "image",
-    caption_column: str = "text",
+    caption_column: Optional[str] = "text",
     streaming: bool = False,
     cache_dir: Optional[str] = None,
     shuffle_buffer_size: int = 1000,
@@ -490,6 +491,7 @@ def build_source(
     caption columns exist. Nothing is decoded here.
 
     Args:
+        caption_column (`str`, *optional*): `None` when captions are not needed (tokenizer training).
         streaming (`bool`): Read the data front to back instead of downloading/indexing it first.
         max_samples (`int`, *optional*): Keep only the first records (debugging).
     """
@@ -524,7 +526,7 @@ def build_source(
     columns = list(dataset.column_names or [])
     if columns:
         for flag, column in (("--image_column", image_column), ("--caption_column", caption_column)):
-            if column not in columns:
+            if column is not None and column not in columns:
                 raise ValueError(f"`{flag}` {column!r} is not a column of the data set; columns: {columns}")
     if max_samples is not None:
         dataset = dataset.take(max_samples) if streaming else dataset.select(range(min(max_samples, len(dataset))))

@@ -1,0 +1,841 @@
+#!/usr/bin/env python
+# Copyright 2026 The diffusers-bit authors. Licensed under the Apache License, Version 2.0.
+r"""Train the Instella-T2I 1D binary image tokenizer, one stage at a time.
+
+    accelerate launch training_scripts/train_tokenizer.py --stage 1|2|3 \
+        --preset instella-t2i | --pretrained_model_name_or_path <BinaryLatentTokenizer folder or repo> \
+        --train_data_dir <images> | --dataset_name <hub data set> \
+        --perceptual_model <LPIPS-VGG folder or repo> [--discriminator_backbone facebook/dino-vits16] \
+        --output_dir <folder> [...]
+
+The paper's recipe (Instella-T2I §2.1 "Multi-stage training", §4, Appendix B) is the default of each stage:
+
+- stage 1: encoder and decoder at `--resolution` (512), smooth L1 + LPIPS (both images resized to 448, plus the
+  same random 224 crop of both) + code loss, quantizer temperature 0.5, every parameter trained;
+- stage 2: encoder at 512, decoder at a size drawn per step from the tokenizer's `sample_sizes` (512/768/1024), the
+  target resized from the source image, temperature 0.1;
+- stage 3: encoder frozen; quantizer, decoder and pixel head trained with the stage-2 losses plus a hinge adversarial
+  loss against a discriminator on a frozen DINO ViT-S/16 (trainable heads, own AdamW), weighted adaptively by the
+  gradient norms at the pixel head's last layer, from `--discriminator_start_step` on.
+
+AdamW lr 1e-4, 1k warm-up steps, gradient clipping 1.0. The output folder holds the trained `BinaryLatentTokenizer`
+(`from_pretrained(output_dir)`), a model card, tensorboard logs and the `checkpoint-<step>` folders (which also hold
+the discriminator of stage 3; it is never part of the product).
+"""
+
+import argparse
+import json
+import logging
+import math
+import os
+import random
+import time
+from collections import Counter, deque
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import ProjectConfiguration, broadcast_object_list, set_seed
+from tqdm.auto import tqdm
+
+import diffusers
+import transformers
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from diffusers_bit import BinaryLatentTokenizer
+from diffusers_bit.presets import load_preset_config, preset_path
+from diffusers_bit.training import (
+    BatchDataset,
+    build_source,
+    create_hub_repo,
+    derive_seed,
+    identity_collate,
+    load_checkpoint,
+    remove_stale_temp_dirs,
+    resolve_resume_checkpoint,
+    save_checkpoint,
+    synchronized_items,
+    upload_training_folder,
+)
+from diffusers_bit.training.checkpointing import TRAINING_STATE, maybe_inject_fault
+from diffusers_bit.training.components import check_resolution, image_tokenizer_config, load_image_tokenizer, plan_components
+from diffusers_bit.training.data import SKIP_REASONS, SkipSample, SkipStats, StreamSource
+from diffusers_bit.training.discriminator import (
+    DEFAULT_BACKBONE,
+    DinoDiscriminator,
+    adaptive_adversarial_weight,
+    build_discriminator,
+    hinge_discriminator_loss,
+    hinge_generator_loss,
+)
+from diffusers_bit.training.perceptual import load_perceptual_model
+from diffusers_bit.training.tokenizer_stages import (
+    CROP_STREAM,
+    QUANTIZER_STREAM,
+    STAGES,
+    TokenizerImageProcessor,
+    collate_tokenizer_images,
+    decode_target,
+    last_decoder_layer,
+    load_validation_images,
+    psnr,
+    reconstruction_losses,
+    render_tokenizer_card,
+    resize_images,
+    sample_decode_size,
+    tensor_to_pil,
+)
+from diffusers_bit.training.utils import RunningMean, accelerator_cpu_flag, image_grid, log_image_grid, scalar_config
+
+logger = get_logger(__name__, log_level="INFO")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Arguments
+# ----------------------------------------------------------------------------------------------------------------------
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+
+    group = parser.add_argument_group("stage and model")
+    group.add_argument("--stage", type=int, required=True, choices=sorted(STAGES),
+                       help="1: reconstruction at one resolution (temperature 0.5); 2: multi-resolution decoding "
+                            "(temperature 0.1); 3: frozen encoder, adversarial training with a DINO discriminator.")
+    group.add_argument("--preset", type=str, default=None,
+                       help="Start from random weights with this architecture (tiny, instella-t2i or a preset folder).")
+    group.add_argument("--pretrained_model_name_or_path", type=str, default=None,
+                       help="Start from a saved BinaryLatentTokenizer (folder or Hub repo; a pipeline folder with an "
+                            "image_tokenizer/ subfolder works too), e.g. the previous stage's --output_dir. Required "
+                            "for stage 3.")
+    group.add_argument("--revision", type=str, default=None, help="Revision of --pretrained_model_name_or_path.")
+    group.add_argument("--cache_dir", type=str, default=None, help="Cache of downloaded models and data sets.")
+    group.add_argument("--quantizer_temperature", type=float, default=None,
+                       help="Bernoulli temperature of the quantizer in training (default: 0.5 in stage 1, 0.1 in "
+                            "stages 2 and 3). Saved into the output config.")
+    group.add_argument("--decode_sizes", type=int, nargs="+", default=None,
+                       help="Decoder output sizes, one drawn uniformly per step (default: --resolution in stage 1, the "
+                            "tokenizer's sample_sizes, e.g. 512 768 1024, in stages 2 and 3).")
+
+    group = parser.add_argument_group("losses")
+    group.add_argument("--smooth_l1_weight", type=float, default=1.0, help="Weight of the smooth L1 pixel loss.")
+    group.add_argument("--smooth_l1_beta", type=float, default=1.0, help="Beta of the smooth L1 loss (torch default).")
+    group.add_argument("--perceptual_weight", type=float, default=1.0, help="Weight of the LPIPS term (0 disables it).")
+    group.add_argument("--perceptual_model", type=str, default=None,
+                       help="LPIPS-VGG weights: a folder/file/Hub repo with a VGG16 file (torchvision's "
+                            "vgg16-397923af.pth) and the LPIPS heads vgg.pth, or a LPIPS.save_pretrained folder; "
+                            "'tiny' or a JSON config builds a random network (tests only). Required unless "
+                            "--perceptual_weight 0.")
+    group.add_argument("--perceptual_size", type=int, default=448,
+                       help="Both images are resized to this side for the global LPIPS term (paper: 448; 0 disables).")
+    group.add_argument("--perceptual_crop", type=int, default=224,
+                       help="Side of the random crop (same window in both images, at the decode resolution) for the "
+                            "local LPIPS term (paper: 224; 0 disables). The perceptual loss is the mean of both terms.")
+    group.add_argument("--code_loss_weight", type=float, default=0.1,
+                       help="Weight of the quantizer's code loss mean(p(1-p)), which pushes bit probabilities away "
+                            "from 1/2 (the paper gives no value).")
+    group.add_argument("--adversarial_weight", type=float, default=0.1,
+                       help="Stage 3: factor on the adaptive weight of the generator's adversarial loss.")
+    group.add_argument("--adaptive_weight_max", type=float, default=1e4,
+                       help="Stage 3: the adaptive weight ||g_rec|| / (||g_adv|| + 1e-4) is clamped to [0, this].")
+    group.add_argument("--discriminator_start_step", type=int, default=0,
+                       help="Stage 3: optimizer step from which the discriminator trains and the adversarial loss "
+                            "is used (before it: reconstruction losses only, discriminator untouched).")
+    group.add_argument("--discriminator_backbone", type=str, default=DEFAULT_BACKBONE,
+                       help="Stage 3: frozen ViT backbone (Hub name or folder of a transformers ViTModel; 'tiny' or a "
+                            "ViTConfig JSON builds a random one, tests only).")
+    group.add_argument("--discriminator_layers", type=int, nargs="+", default=None,
+                       help="Stage 3: 0-based backbone blocks feeding a head (default: 4 evenly spaced, 2 5 8 11 for "
+                            "ViT-S).")
+    group.add_argument("--discriminator_head_channels", type=int, default=128)
+    group.add_argument("--discriminator_learning_rate", type=float, default=None, help="Default: --learning_rate.")
+    group.add_argument("--discriminator_adam_beta1", type=float, default=0.5)
+    group.add_argument("--discriminator_adam_beta2", type=float, default=0.9)
+
+    group = parser.add_argument_group("data")
+    group.add_argument("--dataset_name", type=str, default=None,
+                       help="A Hub data set (or anything datasets.load_dataset takes) with an image column.")
+    group.add_argument("--dataset_config_name", type=str, default=None)
+    group.add_argument("--dataset_split", type=str, default="train")
+    group.add_argument("--train_data_dir", type=str, default=None,
+                       help="Local images: an imagefolder (captions not needed), webdataset .tar shards, or .parquet.")
+    group.add_argument("--image_column", type=str, default="image")
+    group.add_argument("--streaming", action="store_true", help="Stream the data set instead of downloading/indexing it.")
+    group.add_argument("--shuffle_buffer_size", type=int, default=1000, help="Shuffle buffer of streamed data.")
+    group.add_argument("--max_train_samples", type=int, default=None, help="Use only this many records (debugging).")
+    group.add_argument("--resolution", type=int, default=512,
+                       help="Encoder input size (paper: 512); must be one the tokenizer config supports.")
+    group.add_argument("--min_image_size", type=int, default=None,
+                       help="Skip images whose shorter edge is smaller (default: half the largest of --resolution and "
+                            "the decode sizes, as in the paper; 0 keeps all).")
+    group.add_argument("--dataloader_num_workers", type=int, default=0)
+
+    group = parser.add_argument_group("training")
+    group.add_argument("--output_dir", type=str, default="instella-tokenizer")
+    group.add_argument("--seed", type=int, default=None, help="Seed of weights, data order and noise (resume keeps it).")
+    group.add_argument("--train_batch_size", type=int, default=16,
+                       help="Batch size per device (paper: 1024 global in stages 1-2, 800 in stage 3, on 8 GPUs).")
+    group.add_argument("--num_train_epochs", type=int, default=1)
+    group.add_argument("--max_train_steps", type=int, default=None,
+                       help="Optimizer steps (paper: 50k, 10k, 200k); overrides --num_train_epochs (required with "
+                            "--streaming).")
+    group.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    group.add_argument("--gradient_checkpointing", action="store_true")
+    group.add_argument("--learning_rate", type=float, default=1e-4)
+    group.add_argument("--lr_scheduler", type=str, default="constant_with_warmup",
+                       choices=["linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
+                                "constant_with_warmup"])
+    group.add_argument("--lr_warmup_steps", type=int, default=1000)
+    group.add_argument("--adam_beta1", type=float, default=0.9)
+    group.add_argument("--adam_beta2", type=float, default=0.999)
+    group.add_argument("--adam_weight_decay", type=float, default=0.0)
+    group.add_argument("--adam_epsilon", type=float, default=1e-8)
+    group.add_argument("--max_grad_norm", type=float, default=1.0, help="Clipping of the tokenizer's and of the "
+                                                                        "discriminator's gradients (0 disables).")
+    group.add_argument("--use_ema", action="store_true", help="Keep an EMA of the tokenizer; the saved model uses it.")
+    group.add_argument("--ema_decay", type=float, default=0.9999)
+    group.add_argument("--mixed_precision", type=str, default=None, choices=["no", "fp16", "bf16"],
+                       help="Default: the accelerate config's (paper: bf16).")
+    group.add_argument("--allow_tf32", action="store_true", help="Allow TF32 matmuls on Ampere+ GPUs.")
+
+    group = parser.add_argument_group("logging, checkpoints, validation, Hub")
+    group.add_argument("--report_to", type=str, default="tensorboard", help='"tensorboard", "wandb", "all" or "none".')
+    group.add_argument("--logging_dir", type=str, default="logs", help="Tracker folder, relative to --output_dir.")
+    group.add_argument("--tracker_project_name", type=str, default="train_tokenizer")
+    group.add_argument("--checkpointing_steps", type=int, default=500)
+    group.add_argument("--checkpoints_total_limit", type=int, default=None)
+    group.add_argument("--resume_from_checkpoint", type=str, default=None,
+                       help='"latest" (the newest complete checkpoint in --output_dir, or a fresh start if none) or a '
+                            "checkpoint folder.")
+    group.add_argument("--validation_images", type=str, nargs="+", default=None,
+                       help="Image files reconstructed at every validation (default: the first "
+                            "--num_validation_images images of the training data).")
+    group.add_argument("--num_validation_images", type=int, default=4, help="0 disables validation.")
+    group.add_argument("--validation_steps", type=int, default=500)
+    group.add_argument("--push_to_hub", action="store_true")
+    group.add_argument("--hub_model_id", type=str, default=None, help="Default: the name of --output_dir.")
+    group.add_argument("--hub_token", type=str, default=None)
+    group.add_argument("--hub_private", action="store_true")
+
+    args = parser.parse_args(argv)
+    validate_args(args)
+    return args
+
+
+def validate_args(args: argparse.Namespace) -> None:
+    """Cheap checks, before any model or data is loaded; errors name the flag."""
+    sources = [name for name in ("dataset_name", "train_data_dir") if getattr(args, name)]
+    if len(sources) != 1:
+        raise ValueError(f"pass exactly one of --dataset_name, --train_data_dir (got {sources or 'none'})")
+    if (args.preset is None) == (args.pretrained_model_name_or_path is None):
+        raise ValueError("pass exactly one of --preset (random weights) and --pretrained_model_name_or_path (a saved "
+                         "BinaryLatentTokenizer, e.g. the previous stage's output)")  # fmt: skip
+    if args.stage == 3 and args.pretrained_model_name_or_path is None:
+        raise ValueError("--stage 3 freezes the encoder, so it needs a trained tokenizer: pass "
+                         "--pretrained_model_name_or_path (the stage-2 output) instead of --preset")  # fmt: skip
+    if args.streaming and args.max_train_steps is None:
+        raise ValueError("--streaming needs --max_train_steps (a stream has no length)")
+    for flag in ("train_batch_size", "gradient_accumulation_steps", "checkpointing_steps", "validation_steps",
+                 "num_train_epochs", "resolution", "discriminator_head_channels"):
+        if getattr(args, flag) < 1:
+            raise ValueError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
+    for flag in ("max_train_steps", "checkpoints_total_limit", "max_train_samples"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            raise ValueError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
+    for flag in ("lr_warmup_steps", "dataloader_num_workers", "perceptual_size", "perceptual_crop",
+                 "discriminator_start_step", "num_validation_images", "smooth_l1_weight", "perceptual_weight",
+                 "code_loss_weight", "adversarial_weight", "adaptive_weight_max", "max_grad_norm"):
+        if getattr(args, flag) < 0:
+            raise ValueError(f"--{flag} must be >= 0, got {getattr(args, flag)}")
+    if args.smooth_l1_beta <= 0:
+        raise ValueError(f"--smooth_l1_beta must be > 0, got {args.smooth_l1_beta}")
+    if args.quantizer_temperature is not None and args.quantizer_temperature < 0:
+        raise ValueError(f"--quantizer_temperature must be >= 0, got {args.quantizer_temperature}")
+    if args.decode_sizes is not None and any(size < 1 for size in args.decode_sizes):
+        raise ValueError(f"--decode_sizes must be positive, got {args.decode_sizes}")
+    if args.perceptual_weight > 0:
+        if args.perceptual_model is None:
+            raise ValueError("--perceptual_model is required with --perceptual_weight > 0: a folder, file or Hub repo "
+                             "with LPIPS-VGG weights (VGG16 vgg16-397923af.pth + LPIPS heads vgg.pth), or 'tiny' for "
+                             "a random test network; --perceptual_weight 0 trains without it")  # fmt: skip
+        if not args.perceptual_size and not args.perceptual_crop:
+            raise ValueError("--perceptual_size and --perceptual_crop are both 0: set one, or --perceptual_weight 0")
+    if args.stage != 3:
+        changed = [flag for flag, default in (("discriminator_start_step", 0), ("discriminator_layers", None))
+                   if getattr(args, flag) != default]  # fmt: skip
+        if changed:
+            raise ValueError(f"--{changed[0]} only applies to --stage 3 (the adversarial stage)")
+    if args.push_to_hub and args.hub_model_id is None:
+        args.hub_model_id = Path(args.output_dir).resolve().name
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Stage settings and models
+# ----------------------------------------------------------------------------------------------------------------------
+def read_tokenizer_config(args) -> tuple[dict, object]:
+    r"""The starting tokenizer's config (read without loading weights) and, for `--pretrained_model_name_or_path`, the
+    component plan that loads it."""
+    if args.preset is not None:
+        try:
+            return load_preset_config(args.preset, "image_tokenizer"), None
+        except ValueError as error:
+            raise ValueError(f"--preset: {error}") from None
+    plan = plan_components("diffusion", image_tokenizer=args.pretrained_model_name_or_path, revision=args.revision,
+                           cache_dir=args.cache_dir, need_generator=False)  # fmt: skip
+    try:
+        config = image_tokenizer_config(plan)
+    except Exception as error:
+        raise ValueError(f"--pretrained_model_name_or_path {args.pretrained_model_name_or_path!r}: no BinaryLatentTokenizer "
+                         f"config found ({type(error).__name__}: {error})") from None  # fmt: skip
+    if config.get("_class_name", "BinaryLatentTokenizer") != "BinaryLatentTokenizer":
+        raise ValueError(f"--pretrained_model_name_or_path {args.pretrained_model_name_or_path!r} holds a "
+                         f"{config.get('_class_name')}, not a BinaryLatentTokenizer")  # fmt: skip
+    return config, plan
+
+
+def stage_settings(args, config: dict) -> dict:
+    r"""Everything the stage decides, checked against the tokenizer config (errors name the flag):
+    `temperature`, `decode_sizes`, `source_size` (the largest decode size when it differs from the encoder size),
+    `min_image_size`."""
+    stage = STAGES[args.stage]
+    check_resolution(config, args.resolution, "--resolution")
+    if args.decode_sizes is not None:
+        decode_sizes = sorted(set(args.decode_sizes))
+    elif stage.multi_resolution:
+        if not config.get("sample_sizes"):
+            raise ValueError(f"--stage {args.stage} decodes at several sizes but the tokenizer config lists no "
+                             "`sample_sizes`; pass --decode_sizes")  # fmt: skip
+        decode_sizes = sorted(int(s) for s in config["sample_sizes"])
+    else:
+        decode_sizes = [args.resolution]
+    for size in decode_sizes:
+        check_resolution(config, size, "--decode_sizes")
+    if args.perceptual_weight and args.perceptual_crop and args.perceptual_crop > min(decode_sizes):
+        raise ValueError(f"--perceptual_crop {args.perceptual_crop} is larger than the smallest decoded image "
+                         f"({min(decode_sizes)} px); small presets need e.g. --perceptual_size {min(decode_sizes)} "
+                         f"--perceptual_crop {min(decode_sizes) // 2}")  # fmt: skip
+    largest = max(decode_sizes)
+    source_size = largest if any(size != args.resolution for size in decode_sizes) else None
+    min_image_size = args.min_image_size if args.min_image_size is not None else max(args.resolution, largest) // 2
+    temperature = stage.temperature if args.quantizer_temperature is None else args.quantizer_temperature
+    return {"temperature": temperature, "decode_sizes": decode_sizes, "source_size": source_size,
+            "min_image_size": min_image_size}  # fmt: skip
+
+
+def load_start_tokenizer(args, config: dict, plan) -> BinaryLatentTokenizer:
+    """The tokenizer to train, float32, in training mode (random weights drawn from the global RNG for `--preset`)."""
+    if plan is None:
+        model = BinaryLatentTokenizer.from_config(config)
+    else:
+        model = load_image_tokenizer(plan)
+    return model.to(dtype=torch.float32).train().requires_grad_(True)
+
+
+def data_description(args, source, stats: SkipStats, settings: dict) -> str:
+    if args.dataset_name:
+        where = f"Hub data set `{args.dataset_name}`" + (f" ({args.dataset_config_name})" if args.dataset_config_name else "")
+    else:
+        where = f"local data `{Path(args.train_data_dir).name}`"
+    if hasattr(source, "__len__"):
+        where += f", {len(source)} records"
+    sizes = ", ".join(str(s) for s in settings["decode_sizes"])
+    parts = [where, f"image column `{args.image_column}`",
+             f"encoder input {args.resolution}px, decoded at {sizes}px (shorter edge resized, centre crop; images under "
+             f"{settings['min_image_size']}px skipped)", f"skipped records: {stats.summary()}"]  # fmt: skip
+    return "; ".join(parts)
+
+
+def first_valid_images(source, processor, count: int, seed: int) -> dict:
+    """The first `count` usable records of the training data (in storage order), processed for validation."""
+    samples = []
+    if isinstance(source, StreamSource):
+        records = source.iter_part(seed, 0, 0, 1)
+    else:
+        records = (source[i] for i in range(len(source)))
+    for record in records:
+        if len(samples) == count:
+            break
+        try:
+            samples.append(processor(record))
+        except SkipSample:
+            continue
+    return collate_tokenizer_images(samples) if samples else None
+
+
+@torch.no_grad()
+def log_validation(tokenizer, batch, lpips, args, settings, accelerator, step: int) -> dict:
+    r"""Reconstruct the validation images (thresholded bits, no sampling) at every decode size; log one grid per size
+    (targets on top, reconstructions below) and PSNR / LPIPS."""
+    was_training = tokenizer.training
+    tokenizer.eval()
+    device = accelerator.device
+    pixels = batch["pixel_values"].to(device)
+    metrics = {}
+    folder = Path(args.output_dir, args.logging_dir, "validation")
+    folder.mkdir(parents=True, exist_ok=True)
+    with accelerator.autocast():
+        bits = tokenizer.encode(pixels, sample=False).bits
+    for size in settings["decode_sizes"]:
+        target = decode_target(batch, size, device)
+        with accelerator.autocast():
+            recon = tokenizer.decode(bits, height=size, width=size).sample.float()
+        metrics[f"val/psnr_{size}"] = psnr(recon, target).mean().item()
+        if lpips is not None:
+            view = args.perceptual_size or size
+            metrics[f"val/lpips_{size}"] = lpips(resize_images(recon.clamp(-1, 1), view, "bilinear"),
+                                                 resize_images(target, view, "bilinear")).item()  # fmt: skip
+        grid = image_grid(tensor_to_pil(target) + tensor_to_pil(recon), cols=len(target))
+        log_image_grid(accelerator, f"validation/{size}px", grid, step)
+        grid.save(folder / f"step-{step:08d}-{size}px.png")
+    tokenizer.train(was_training)
+    accelerator.log(metrics, step=step)
+    logger.info(f"validation at step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+    return metrics
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------------------------------------------------
+def main(args: argparse.Namespace) -> dict:
+    started = time.time()
+    output_dir = Path(args.output_dir)
+    stage = STAGES[args.stage]
+    accelerator = Accelerator(
+        cpu=accelerator_cpu_flag(),
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / args.logging_dir)),
+    )
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%m/%d/%Y %H:%M:%S",
+                        level=logging.INFO)  # fmt: skip
+    logger.info(accelerator.state, main_process_only=False)
+    if accelerator.is_local_main_process:
+        transformers.utils.logging.set_verbosity_warning()
+        diffusers.utils.logging.set_verbosity_warning()
+    else:
+        transformers.utils.logging.set_verbosity_error()
+        diffusers.utils.logging.set_verbosity_error()
+    if args.allow_tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+    if accelerator.state.deepspeed_plugin is not None:
+        raise ValueError("train_tokenizer.py runs with plain data parallelism (the paper shards nothing for the "
+                         "tokenizer, and stage 3 has two models with two optimizers): launch without a DeepSpeed "
+                         "config, e.g. `accelerate launch --multi_gpu --num_processes 8 --mixed_precision bf16`")  # fmt: skip
+
+    # == where everything comes from; checked before anything heavy is loaded ==
+    config, plan = read_tokenizer_config(args)
+    settings = stage_settings(args, config)
+    decode_sizes, temperature = settings["decode_sizes"], settings["temperature"]
+    if args.preset is not None and args.stage == 2:
+        logger.warning("--stage 2 from random weights: the paper starts stage 2 from the stage-1 tokenizer")
+    with accelerator.main_process_first():  # the main process prepares the `datasets` cache, the others reuse it
+        source = build_source(args.dataset_name, args.train_data_dir, args.dataset_config_name, args.dataset_split,
+                              args.image_column, None, args.streaming, args.cache_dir,
+                              args.shuffle_buffer_size, args.max_train_samples)  # fmt: skip
+    processor = TokenizerImageProcessor(args.resolution, settings["source_size"], args.image_column,
+                                        settings["min_image_size"])  # fmt: skip
+    validation_batch = None
+    if args.validation_images:
+        validation_batch = load_validation_images(args.validation_images, processor)
+
+    # == output folder, resume point, seed ==
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temp_dirs(output_dir)
+    accelerator.wait_for_everyone()
+    resume_path = resolve_resume_checkpoint(output_dir, args.resume_from_checkpoint)
+    if args.resume_from_checkpoint and resume_path is None:
+        logger.info(f"No complete checkpoint in {output_dir}; starting a new run")
+    if resume_path is not None:
+        seed = json.loads((resume_path / TRAINING_STATE.format(0)).read_text())["seed"]
+    else:
+        seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
+        seed = broadcast_object_list([seed])[0]  # a random seed must be the same on every process
+    set_seed(seed)
+    logger.info(f"seed {seed}")
+
+    repo_id = None
+    if args.push_to_hub and accelerator.is_main_process:
+        repo_id = create_hub_repo(args.hub_model_id, token=args.hub_token, private=args.hub_private or None)
+
+    # == models ==
+    device = accelerator.device
+    tokenizer = load_start_tokenizer(args, config, plan)
+    if args.gradient_checkpointing:
+        tokenizer.enable_gradient_checkpointing()
+    if not stage.train_encoder:
+        tokenizer.encoder.requires_grad_(False)
+        tokenizer.encoder.gradient_checkpointing = False  # no graph is built through a frozen encoder
+    lpips = None
+    if args.perceptual_weight > 0:
+        lpips = load_perceptual_model(args.perceptual_model, cache_dir=args.cache_dir).to(device)
+    discriminator = None
+    if stage.adversarial:
+        discriminator = build_discriminator(args.discriminator_backbone, args.discriminator_layers,
+                                            args.discriminator_head_channels, cache_dir=args.cache_dir)  # fmt: skip
+        discriminator.train()
+    ema_model = None
+    if args.use_ema:
+        ema_model = EMAModel(tokenizer.parameters(), decay=args.ema_decay, model_cls=BinaryLatentTokenizer,
+                             model_config=tokenizer.config)  # fmt: skip
+
+    # checkpoints hold the tokenizer (and its EMA) and the discriminator as `save_pretrained` folders
+    def save_model_hook(models, weights, folder):
+        if accelerator.is_main_process:
+            if ema_model is not None:
+                ema_model.save_pretrained(os.path.join(folder, "tokenizer_ema"))
+            for model in models:
+                unwrapped = accelerator.unwrap_model(model)
+                name = "discriminator" if isinstance(unwrapped, DinoDiscriminator) else "tokenizer"
+                unwrapped.save_pretrained(os.path.join(folder, name))
+                if weights:
+                    weights.pop()
+
+    def load_model_hook(models, folder):
+        if ema_model is not None:
+            loaded = EMAModel.from_pretrained(os.path.join(folder, "tokenizer_ema"), BinaryLatentTokenizer)
+            ema_model.load_state_dict(loaded.state_dict())
+            ema_model.to(device)
+            del loaded
+        while models:
+            unwrapped = accelerator.unwrap_model(models.pop())
+            if isinstance(unwrapped, DinoDiscriminator):
+                loaded = DinoDiscriminator.from_pretrained(os.path.join(folder, "discriminator"))
+            else:
+                loaded = BinaryLatentTokenizer.from_pretrained(folder, subfolder="tokenizer")
+            unwrapped.load_state_dict(loaded.state_dict())
+            del loaded
+
+    accelerator.register_save_state_pre_hook(save_model_hook)
+    accelerator.register_load_state_pre_hook(load_model_hook)
+
+    trainable = [p for p in tokenizer.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+                                  weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)  # fmt: skip
+
+    def make_dataset(epoch: int, start_index: int = 0) -> BatchDataset:
+        return BatchDataset(source, processor, collate_tokenizer_images, args.train_batch_size, seed, epoch,
+                            accelerator.process_index, accelerator.num_processes, start_index=start_index)  # fmt: skip
+
+    streaming = args.streaming
+    items_per_epoch = None if streaming else len(make_dataset(0))
+    if args.max_train_steps is None:
+        args.max_train_steps = args.num_train_epochs * math.ceil(items_per_epoch / args.gradient_accumulation_steps)
+
+    def make_scheduler(opt):
+        # the prepared scheduler steps once per process at every optimizer step (diffusers' convention)
+        return get_scheduler(args.lr_scheduler, opt, num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+                             num_training_steps=args.max_train_steps * accelerator.num_processes)  # fmt: skip
+
+    lr_scheduler = make_scheduler(optimizer)
+    if discriminator is not None:
+        d_optimizer = torch.optim.AdamW(
+            list(discriminator.head_parameters()), lr=args.discriminator_learning_rate or args.learning_rate,
+            betas=(args.discriminator_adam_beta1, args.discriminator_adam_beta2), weight_decay=args.adam_weight_decay,
+            eps=args.adam_epsilon,
+        )  # fmt: skip
+        d_scheduler = make_scheduler(d_optimizer)  # steps only when the discriminator trains: its warm-up starts then
+        model, optimizer, lr_scheduler, discriminator, d_optimizer, d_scheduler = accelerator.prepare(
+            tokenizer, optimizer, lr_scheduler, discriminator, d_optimizer, d_scheduler
+        )
+        models = (model, discriminator)
+    else:
+        model, optimizer, lr_scheduler = accelerator.prepare(tokenizer, optimizer, lr_scheduler)
+        models = (model,)
+    tokenizer = accelerator.unwrap_model(model)
+    last_layer = last_decoder_layer(tokenizer)
+    if ema_model is not None:
+        ema_model.to(device)
+
+    if accelerator.is_main_process:
+        accelerator.init_trackers(args.tracker_project_name, config=scalar_config(vars(args)))
+        if validation_batch is None and args.num_validation_images:
+            validation_batch = first_valid_images(source, processor, args.num_validation_images, seed)
+
+    # == resume ==
+    state = {"global_step": 0, "epoch": 0, "batch_in_epoch": 0, "seed": seed, "images_seen": 0, "skipped": {},
+             "loss_ema": RunningMean().state_dict(), "rec_ema": RunningMean().state_dict(), "d_loss_ema":
+             RunningMean().state_dict(), "decode_sizes_seen": {}, "discriminator_steps": 0, "train_time": 0.0,
+             "num_processes": accelerator.num_processes, "num_workers": args.dataloader_num_workers,
+             "stage": args.stage}  # fmt: skip
+    if resume_path is not None:
+        logger.info(f"Resuming from checkpoint {resume_path}")
+        state.update(load_checkpoint(accelerator, resume_path))
+        if state["stage"] != args.stage:
+            raise ValueError(f"--resume_from_checkpoint {resume_path} was written by --stage {state['stage']}, not "
+                             f"--stage {args.stage}")  # fmt: skip
+        workers_changed = streaming and state["num_workers"] != args.dataloader_num_workers
+        if state["num_processes"] != accelerator.num_processes or workers_changed:
+            logger.warning("the checkpoint was written with a different number of processes/workers: the data order "
+                           "will differ from an uninterrupted run")  # fmt: skip
+        state["num_processes"], state["num_workers"] = accelerator.num_processes, args.dataloader_num_workers
+    global_step, epoch, start_index = state["global_step"], state["epoch"], state["batch_in_epoch"]
+    loss_ema = RunningMean.from_state_dict(state["loss_ema"])
+    rec_ema = RunningMean.from_state_dict(state["rec_ema"])
+    d_loss_ema = RunningMean.from_state_dict(state["d_loss_ema"])
+    sizes_seen = Counter({int(k): v for k, v in state["decode_sizes_seen"].items()})
+    skip_stats = SkipStats()
+    skip_stats.counts.update(state["skipped"])
+
+    total_batch_size = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+    num_trainable = sum(p.numel() for p in trainable)
+    logger.info(f"***** Tokenizer stage {args.stage}: {stage.summary} *****")
+    logger.info(f"  Tokenizer = {sum(p.numel() for p in tokenizer.parameters()) / 1e6:.2f}M parameters, "
+                f"{num_trainable / 1e6:.2f}M trained; temperature {temperature}")  # fmt: skip
+    logger.info(f"  Encoder input {args.resolution}px; decode sizes {decode_sizes}")
+    logger.info(f"  Data = {'streaming' if streaming else f'{items_per_epoch} batches per epoch per process'}")
+    logger.info(f"  Batch size per device = {args.train_batch_size}, total (parallel, distributed & accumulation) = "
+                f"{total_batch_size}")  # fmt: skip
+    logger.info(f"  Total optimization steps = {args.max_train_steps} (starting at {global_step})")
+
+    progress_bar = tqdm(range(args.max_train_steps), initial=global_step, desc="Steps",
+                        disable=not accelerator.is_local_main_process)  # fmt: skip
+    pending: dict[str, list] = {}
+    logged_skips = 0
+    history = deque(maxlen=20_000)  # one dict per optimizer step of this run, the latest 20k (tests, notebooks)
+    validation_metrics = {}
+    run_started, train_time_before, first_step = time.time(), state["train_time"], global_step
+    d_module = accelerator.unwrap_model(discriminator) if discriminator is not None else None
+
+    def validate(step: int) -> None:
+        nonlocal validation_metrics
+        if validation_batch is None:
+            return
+        if ema_model is not None:  # validate the weights that will be saved
+            ema_model.store(tokenizer.parameters())
+            ema_model.copy_to(tokenizer.parameters())
+        validation_metrics = log_validation(tokenizer, validation_batch, lpips, args, settings, accelerator, step)
+        if ema_model is not None:
+            ema_model.restore(tokenizer.parameters())
+
+    def current_state() -> dict:
+        return {**state, "global_step": global_step, "epoch": epoch, "batch_in_epoch": start_index,
+                "skipped": dict(skip_stats.counts), "loss_ema": loss_ema.state_dict(), "rec_ema": rec_ema.state_dict(),
+                "d_loss_ema": d_loss_ema.state_dict(), "decode_sizes_seen": {str(k): v for k, v in sizes_seen.items()},
+                "train_time": train_time_before + time.time() - run_started}  # fmt: skip
+
+    def record(name: str, value) -> None:
+        pending.setdefault(name, []).append(value.detach().float() if torch.is_tensor(value) else torch.tensor(
+            float(value), device=device))  # fmt: skip
+
+    while global_step < args.max_train_steps:
+        dataset = make_dataset(epoch, start_index)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=args.dataloader_num_workers,
+                                             collate_fn=identity_collate, pin_memory=device.type == "cuda")  # fmt: skip
+        trained_batches = 0
+        for item in synchronized_items(loader, accelerator):
+            start_index = item["index"] + 1
+            if item["skipped"]:
+                for reason, count in item["skipped"].items():
+                    skip_stats.counts[reason] += count
+                for reason, key, detail in item["skip_examples"]:
+                    if logged_skips < 20:
+                        logger.warning(f"skipped {key}: {reason} ({detail})", main_process_only=False)
+                    logged_skips += 1
+            if item["skip"]:
+                continue
+            batch = item["batch"]
+            # every random draw of this micro-batch is a function of (seed, [process,] epoch, batch): resume-exact
+            size = sample_decode_size(decode_sizes, seed, epoch, item["index"])
+            quantizer_generator = torch.Generator(device=device).manual_seed(
+                derive_seed(seed, accelerator.process_index, epoch, item["index"], QUANTIZER_STREAM)
+            )
+            crop_rng = np.random.default_rng(derive_seed(seed, accelerator.process_index, epoch, item["index"],
+                                                         CROP_STREAM))  # fmt: skip
+            pixels = batch["pixel_values"].to(device, non_blocking=True)
+            target = decode_target(batch, size, device)
+            adversarial = stage.adversarial and global_step >= args.discriminator_start_step
+
+            with accelerator.accumulate(*models):
+                # -- tokenizer (generator) update --
+                with accelerator.autocast():
+                    recon, _, code_loss = model(pixels, height=size, width=size, sample=True, temperature=temperature,
+                                                generator=quantizer_generator, return_dict=False)  # fmt: skip
+                    recon = recon.float()
+                    if recon.shape != target.shape or target.shape[-1] != size:
+                        raise RuntimeError(f"reconstruction {tuple(recon.shape)} / target {tuple(target.shape)} do not "
+                                           f"match the decode size {size}")  # fmt: skip
+                    rec_loss, parts = reconstruction_losses(
+                        recon, target, lpips, args.smooth_l1_weight, args.smooth_l1_beta, args.perceptual_weight,
+                        args.perceptual_size, args.perceptual_crop, crop_rng,
+                    )  # fmt: skip
+                    code_loss = code_loss.float()
+                    loss = rec_loss + args.code_loss_weight * code_loss
+                    if adversarial:
+                        # the discriminator judges without collecting gradients (its heads are trained below)
+                        d_module.heads.requires_grad_(False)
+                        d_module.eval()
+                        g_adv = hinge_generator_loss(d_module(recon))
+                        d_module.train()
+                        d_module.heads.requires_grad_(True)
+                        adaptive = adaptive_adversarial_weight(rec_loss, g_adv, last_layer, args.adaptive_weight_max)
+                        if accelerator.num_processes > 1:  # one weight for all processes
+                            adaptive = accelerator.reduce(adaptive, reduction="mean")
+                        loss = loss + args.adversarial_weight * adaptive * g_adv
+                        record("g_adv", g_adv)
+                        record("adaptive_weight", adaptive)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and args.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+
+                # -- discriminator update (hinge), on its own optimizer --
+                if adversarial:
+                    with accelerator.autocast():
+                        logits = discriminator(torch.cat([target, recon.detach()]))
+                    real_logits, fake_logits = logits.float().chunk(2)
+                    d_loss = hinge_discriminator_loss(real_logits, fake_logits)
+                    accelerator.backward(d_loss)
+                    if accelerator.sync_gradients and args.max_grad_norm > 0:
+                        accelerator.clip_grad_norm_(discriminator.parameters(), args.max_grad_norm)
+                    d_optimizer.step()
+                    d_scheduler.step()
+                    d_optimizer.zero_grad(set_to_none=True)
+                    record("d_loss", d_loss)
+                    record("logits_real", real_logits.mean())
+                    record("logits_fake", fake_logits.mean())
+            trained_batches += 1
+            sizes_seen[size] += 1
+            record("loss", loss)
+            record("reconstruction", rec_loss)
+            record("code_loss", code_loss)
+            for name, value in parts.items():
+                record(name, value)
+
+            if not accelerator.sync_gradients:
+                continue
+            # == one optimizer step done ==
+            if ema_model is not None:
+                ema_model.step(tokenizer.parameters())
+            global_step += 1
+            state["images_seen"] += total_batch_size
+            if adversarial:
+                state["discriminator_steps"] += 1
+            names = sorted(pending)  # the same metrics on every process: one all-gather for all of them
+            means = torch.stack([torch.stack(pending[name]).mean() for name in names])
+            logs = dict(zip(names, accelerator.gather(means[None]).mean(dim=0).tolist()))
+            pending = {}
+            if not math.isfinite(logs["loss"]):
+                raise RuntimeError(f"the loss is {logs['loss']} at step {global_step}; stopping")
+            loss_ema.update(logs["loss"])
+            rec_ema.update(logs["reconstruction"])
+            if "d_loss" in logs:
+                d_loss_ema.update(logs["d_loss"])
+            logs.update(decode_size=size, lr=lr_scheduler.get_last_lr()[0])
+            history.append({"step": global_step, **logs, "target_size": int(target.shape[-1]),
+                            "discriminator_trained": adversarial})  # fmt: skip
+            accelerator.log(logs, step=global_step)
+            progress_bar.update(1)
+            progress_bar.set_postfix(loss=f"{logs['loss']:.4f}", size=size)
+            if skip_stats.total:
+                accelerator.log({f"skipped/{r}": skip_stats.counts.get(r, 0) for r in SKIP_REASONS}, step=global_step)
+            maybe_inject_fault("step", global_step)
+
+            if global_step % args.checkpointing_steps == 0:
+                save_checkpoint(accelerator, output_dir, global_step, current_state(), args.checkpoints_total_limit)
+            if global_step % args.validation_steps == 0 and accelerator.is_main_process:
+                validate(global_step)
+            if global_step >= args.max_train_steps:
+                break
+        if global_step >= args.max_train_steps:
+            break
+        if trained_batches == 0 and dataset.start_index == 0:
+            raise RuntimeError(f"an epoch of the data produced no training step (skipped records: {skip_stats.summary()}); "
+                               "check the data, --image_column and --min_image_size")  # fmt: skip
+        epoch, start_index = epoch + 1, 0
+
+    if global_step % args.validation_steps and accelerator.is_main_process:
+        validate(global_step)  # the final weights, when the last step was not a validation step
+
+    # == summary, final tokenizer, model card, upload ==
+    counts = torch.tensor([float(skip_stats.counts.get(r, 0)) for r in SKIP_REASONS], device=device)
+    counts = accelerator.reduce(counts, reduction="sum") if accelerator.num_processes > 1 else counts
+    total_skips = SkipStats()
+    total_skips.counts.update({r: int(c) for r, c in zip(SKIP_REASONS, counts.tolist()) if c})
+    logger.info(f"Skipped {total_skips.total} unusable records in total ({total_skips.summary()})")
+    run_time = time.time() - run_started
+    train_time = train_time_before + run_time
+    accelerator.wait_for_everyone()
+    results = {"global_step": global_step, "final_loss": loss_ema.value, "final_reconstruction_loss": rec_ema.value,
+               "skipped": dict(total_skips.counts), "images_seen": state["images_seen"], "train_time": train_time,
+               "steps_per_second": (global_step - first_step) / max(run_time, 1e-9), "history": list(history),
+               "loss_history": [(h["step"], h["loss"]) for h in history], "decode_sizes_seen": dict(sizes_seen),
+               "discriminator_steps": state["discriminator_steps"], "validation": validation_metrics, "seed": seed,
+               "temperature": temperature, "decode_sizes": decode_sizes}  # fmt: skip
+    if accelerator.is_main_process:
+        final = accelerator.unwrap_model(model)
+        if ema_model is not None:
+            ema_model.copy_to(final.parameters())
+        final.register_to_config(quantizer_temperature=temperature)
+        final.save_pretrained(str(output_dir))
+        hyperparameters = {
+            "stage": args.stage,
+            "start": f"preset {args.preset}" if args.preset else f"`{args.pretrained_model_name_or_path}`",
+            "trained parameters": "all" if stage.train_encoder else "quantizer, decoder, pixel head (encoder frozen)",
+            "quantizer temperature": temperature,
+            "encoder resolution": args.resolution,
+            "decode sizes (one drawn per step)": ", ".join(str(s) for s in decode_sizes),
+            "learning_rate": args.learning_rate, "lr_scheduler": args.lr_scheduler,
+            "lr_warmup_steps": args.lr_warmup_steps,
+            "optimizer": f"AdamW (betas=({args.adam_beta1}, {args.adam_beta2}), weight_decay={args.adam_weight_decay}, "
+                         f"eps={args.adam_epsilon})",
+            "max_grad_norm": args.max_grad_norm,
+            "train_batch_size (per device)": args.train_batch_size,
+            "processes": accelerator.num_processes,
+            "gradient_accumulation_steps": args.gradient_accumulation_steps,
+            "total batch size": total_batch_size,
+            "mixed_precision": accelerator.mixed_precision,
+            "gradient_checkpointing": args.gradient_checkpointing,
+            "EMA": f"decay {args.ema_decay}" if args.use_ema else "no",
+            "smooth L1": f"weight {args.smooth_l1_weight}, beta {args.smooth_l1_beta}",
+            "perceptual (LPIPS-VGG)": (f"weight {args.perceptual_weight}, resize {args.perceptual_size}, crop "
+                                       f"{args.perceptual_crop}, model `{args.perceptual_model}`"
+                                       if lpips is not None else "off"),  # fmt: skip
+            "code loss weight": args.code_loss_weight,
+            "seed": seed,
+        }  # fmt: skip
+        if stage.adversarial:
+            hyperparameters.update({
+                "discriminator": f"frozen `{args.discriminator_backbone}` + heads on blocks {d_module.feature_layers} "
+                                 f"({args.discriminator_head_channels} channels, spectral norm), hinge loss",
+                "discriminator optimizer": f"AdamW lr {args.discriminator_learning_rate or args.learning_rate}, betas "
+                                           f"({args.discriminator_adam_beta1}, {args.discriminator_adam_beta2})",
+                "adversarial weight": f"{args.adversarial_weight} x adaptive (clamped to [0, {args.adaptive_weight_max:g}])",
+                "discriminator_start_step": args.discriminator_start_step,
+            })  # fmt: skip
+        metrics = {
+            "final train loss (EMA 0.9 over steps)": f"{loss_ema.value:.4f}",
+            "final reconstruction loss (EMA 0.9)": f"{rec_ema.value:.4f}",
+            "images seen": state["images_seen"],
+            "steps per decode size (micro-batches)": ", ".join(f"{k}px: {v}" for k, v in sorted(sizes_seen.items())),
+            "throughput (images/s, this run)": f"{state['images_seen'] / max(train_time, 1e-9):.1f}",
+            "skipped records": total_skips.summary(),
+        }  # fmt: skip
+        if stage.adversarial:
+            metrics["discriminator steps"] = state["discriminator_steps"]
+            if d_loss_ema.count:
+                metrics["final discriminator loss (EMA 0.9)"] = f"{d_loss_ema.value:.4f}"
+        for name, value in validation_metrics.items():
+            metrics[f"validation {name.split('/', 1)[-1]}"] = f"{value:.4f}"
+        training = {"script": "train_tokenizer.py", "data": data_description(args, source, total_skips, settings),
+                    "steps": global_step, "hyperparameters": hyperparameters, "metrics": metrics}  # fmt: skip
+        card_repo = repo_id or args.hub_model_id or output_dir.resolve().name
+        start = args.pretrained_model_name_or_path
+        base_model = start if start and not os.path.exists(start) else None
+        card = render_tokenizer_card(final, card_repo, args.stage, training, base_model=base_model,
+                                     description=f"Instella-T2I binary image tokenizer, stage {args.stage}, trained "
+                                                 "with diffusers-bit.")  # fmt: skip
+        (output_dir / "README.md").write_text(card, encoding="utf-8")
+        if args.push_to_hub:
+            upload_training_folder(output_dir, repo_id, token=args.hub_token, commit_message="End of training")
+            logger.info(f"Uploaded {output_dir} to {repo_id}")
+        logger.info(f"Saved the tokenizer to {output_dir} in {time.time() - started:.1f}s")
+    accelerator.end_training()
+    return results
+
+
+if __name__ == "__main__":
+    main(parse_args())
