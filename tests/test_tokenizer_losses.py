@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
-from training_helpers import shape_image
+from training_helpers import one_thread, shape_image  # noqa: F401 (one_thread: an autouse fixture)
 
 from diffusers_bit import BinaryLatentTokenizer
 from diffusers_bit.presets import load_preset_config
@@ -38,14 +38,6 @@ from diffusers_bit.training.tokenizer_stages import (
 )
 
 TINY = {"channels": [4, 8, 8, 16, 16]}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny networks: one thread is fastest and immune to a busy second core
-    yield
-    torch.set_num_threads(threads)
 
 
 def images(batch=2, size=32, seed=0):

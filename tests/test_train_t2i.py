@@ -1,69 +1,46 @@
 """training_scripts/train_t2i.py and precompute_latents.py on the tiny preset (CPU, a few steps each)."""
 
-import importlib.util
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
-from training_helpers import caption, make_imagefolder, make_webdataset
+from training_helpers import (  # noqa: F401 (one_thread: an autouse fixture)
+    CONFIGS,
+    REPO,
+    assert_same_random_states,
+    assert_same_training_state,
+    assert_same_weights,
+    caption,
+    fake_hub,
+    launch_two_cpu_processes,
+    load_script,
+    make_imagefolder,
+    make_webdataset,
+    one_thread,
+    optimizer_states_equal,
+    run_in_process,
+    run_script,
+    tensorboard_tags,
+    to_argv,
+    weights,
+)
 
 from diffusers_bit import InstellaARPipeline, InstellaT2IPipeline
 from diffusers_bit.training import BatchDataset, ImageCaptionProcessor, LatentStore, build_source, collate_images
 from diffusers_bit.training.checkpointing import FAULT_ENV, latest_checkpoint
 from diffusers_bit.training.components import load_image_tokenizer, plan_components
 
-REPO = Path(__file__).resolve().parents[1]
-SCRIPTS = REPO / "training_scripts"
-CONFIGS = SCRIPTS / "accelerate_configs"
-
-
-def _load_script(name):
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-train_t2i = _load_script("train_t2i")
-precompute = _load_script("precompute_latents")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: one thread is fastest and immune to a busy second core
-    yield
-    torch.set_num_threads(threads)
-
-
-def _reset_accelerate():
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
+train_t2i = load_script("train_t2i")
+precompute = load_script("precompute_latents")
 
 
 def train(argv):
-    _reset_accelerate()
-    try:
-        return train_t2i.main(train_t2i.parse_args([str(a) for a in argv]))
-    finally:
-        _reset_accelerate()
+    return run_in_process(train_t2i, argv)
 
 
 def run_precompute(argv):
-    _reset_accelerate()
-    try:
-        return precompute.main(precompute.parse_args([str(a) for a in argv]))
-    finally:
-        _reset_accelerate()
+    return run_in_process(precompute, argv)
 
 
 @pytest.fixture(scope="module")
@@ -83,31 +60,7 @@ def base_args(images, workdir, output_dir, **overrides):
         "--lr_warmup_steps": 0, "--learning_rate": 1e-3, "--checkpointing_steps": 1000,
         "--cache_dir": workdir / "hf_cache",
     }  # fmt: skip
-    args.update(overrides)
-    argv = []
-    for key, value in args.items():
-        if value is None:
-            continue
-        if value is True:
-            argv.append(key)
-        elif isinstance(value, (list, tuple)):
-            argv += [key, *value]
-        else:
-            argv += [key, value]
-    return [str(a) for a in argv]
-
-
-def weights(folder):
-    files = sorted(Path(folder).glob("*.safetensors"))
-    assert files, f"no weights in {folder}"
-    return load_file(str(files[0]))
-
-
-def assert_same_weights(a, b):
-    wa, wb = weights(a), weights(b)
-    assert wa.keys() == wb.keys()
-    different = [k for k in wa if not torch.equal(wa[k], wb[k])]
-    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+    return to_argv({**args, **overrides})
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -289,22 +242,14 @@ def test_gradient_checkpointing_is_exact_and_total_limit_prunes(images, workdir,
 @pytest.mark.parametrize("model", ["diffusion", "ar"])
 def test_validation_grid_is_logged_to_tensorboard(images, workdir, tmp_path, model):
     pytest.importorskip("tensorboard")
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out = tmp_path / "out"
     train(base_args(images, workdir, out, **{
         "--model": model, "--report_to": "tensorboard", "--max_train_steps": 2, "--validation_steps": 2,
         "--use_ema": True, "--validation_prompts": ["a red disc", "a blue disc"], "--validation_inference_steps": 2,
     }))  # fmt: skip
-    events = list((out / "logs").rglob("events.out.tfevents.*"))
-    assert events
-    tags = {}
-    for event_file in events:
-        accumulator = EventAccumulator(str(event_file), size_guidance={"images": 0})
-        accumulator.Reload()
-        for kind, names in accumulator.Tags().items():
-            if isinstance(names, list):
-                tags.setdefault(kind, set()).update(names)
+    assert list((out / "logs").rglob("events.out.tfevents.*"))
+    tags = tensorboard_tags(out / "logs")
     assert any("validation" in tag for tag in tags.get("images", ())), tags
     assert "train_loss" in tags.get("scalars", set())
     grids = list((out / "logs" / "validation").glob("step-*.png"))
@@ -315,28 +260,7 @@ def test_validation_grid_is_logged_to_tensorboard(images, workdir, tmp_path, mod
 
 
 def test_push_to_hub_uploads_the_pipeline_with_card_and_without_checkpoints(images, workdir, tmp_path, monkeypatch):
-    import huggingface_hub
-    from huggingface_hub.utils import filter_repo_objects
-
-    calls = {}
-
-    def create_repo(repo_id, **kwargs):
-        calls["create_repo"] = (repo_id, kwargs)
-        return SimpleNamespace(repo_id=f"someone/{repo_id.split('/')[-1]}")
-
-    def upload_folder(*, repo_id, folder_path, ignore_patterns=None, allow_patterns=None, **kwargs):
-        root = Path(folder_path)
-        files = [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()]
-        calls["upload_folder"] = {
-            "repo_id": repo_id,
-            "all_files": files,
-            "uploaded": sorted(filter_repo_objects(files, allow_patterns=allow_patterns, ignore_patterns=ignore_patterns)),
-            "readme": (root / "README.md").read_text(),
-        }
-        return "https://huggingface.co/someone/model/commit/0"
-
-    monkeypatch.setattr(huggingface_hub, "create_repo", create_repo)
-    monkeypatch.setattr(huggingface_hub, "upload_folder", upload_folder)
+    calls = fake_hub(monkeypatch)
     out = tmp_path / "my-model"
     train(base_args(images, workdir, out, **{
         "--max_train_steps": 4, "--checkpointing_steps": 2, "--push_to_hub": True, "--hub_model_id": "my-model",
@@ -366,24 +290,8 @@ def test_push_to_hub_uploads_the_pipeline_with_card_and_without_checkpoints(imag
 # ----------------------------------------------------------------------------------------------------------------------
 # Reliability: SIGKILL + resume, several processes
 # ----------------------------------------------------------------------------------------------------------------------
-def _subprocess_env(**extra):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    env.pop(FAULT_ENV, None)
-    env.update(extra)
-    return env
-
-
-def _free_port():
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _run_script(argv, timeout=300, **env):
-    return subprocess.run([sys.executable, str(SCRIPTS / "train_t2i.py"), *argv], env=_subprocess_env(**env),
-                          capture_output=True, text=True, timeout=timeout, cwd=str(REPO))  # fmt: skip
+def _run_script(argv, **env):
+    return run_script("train_t2i.py", argv, **env)
 
 
 def test_sigkill_and_resume_ends_with_identical_weights(images, workdir, tmp_path):
@@ -416,30 +324,19 @@ def test_sigkill_and_resume_ends_with_identical_weights(images, workdir, tmp_pat
     assert_same_weights(ref / "transformer", out / "transformer")  # final pipeline (EMA weights)
     assert_same_weights(ref / "checkpoint-6" / "transformer", out / "checkpoint-6" / "transformer")
     assert_same_weights(ref / "checkpoint-6" / "transformer_ema", out / "checkpoint-6" / "transformer_ema")
-    opt_a = torch.load(ref / "checkpoint-6" / "optimizer.bin", weights_only=True)["state"]
-    opt_b = torch.load(out / "checkpoint-6" / "optimizer.bin", weights_only=True)["state"]
-    assert all(torch.equal(opt_a[k][n], opt_b[k][n]) for k in opt_a for n in ("exp_avg", "exp_avg_sq"))
+    assert optimizer_states_equal(ref / "checkpoint-6" / "optimizer.bin", out / "checkpoint-6" / "optimizer.bin")
     # the global RNG states accelerate saves (python, numpy, torch) and its accumulation counter match too
-    rng_a = torch.load(ref / "checkpoint-6" / "random_states_0.pkl", weights_only=False)
-    rng_b = torch.load(out / "checkpoint-6" / "random_states_0.pkl", weights_only=False)
-    assert rng_a["step"] == rng_b["step"] and rng_a["random_state"] == rng_b["random_state"]
-    assert torch.equal(rng_a["torch_manual_seed"], rng_b["torch_manual_seed"])
-    assert all(np.array_equal(x, y) for x, y in zip(rng_a["numpy_random_seed"], rng_b["numpy_random_seed"]))
-    state_a = json.loads((ref / "checkpoint-6" / "training_state_0.json").read_text())
-    state_b = json.loads((out / "checkpoint-6" / "training_state_0.json").read_text())
-    for key in ("global_step", "epoch", "batch_in_epoch", "seed", "loss_ema", "images_seen"):
-        assert state_a[key] == state_b[key], key
+    assert_same_random_states(ref / "checkpoint-6", out / "checkpoint-6")
+    assert_same_training_state(ref / "checkpoint-6", out / "checkpoint-6",
+                               ("global_step", "epoch", "batch_in_epoch", "seed", "loss_ema", "images_seen"))  # fmt: skip
     assert not list(out.glob(".tmp-*"))
 
 
 def test_two_process_cpu_accelerate_launch(images, workdir, tmp_path):
     out = tmp_path / "ddp"
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / "cpu_2proc.yaml"),
-               "--multi_gpu", "--num_processes", "2", "--main_process_port", str(_free_port()),
-               str(SCRIPTS / "train_t2i.py"),
-               *base_args(images, workdir, out, **{"--max_train_steps": 3, "--checkpointing_steps": 2,
-                                                    "--train_batch_size": 1})]  # fmt: skip
-    result = subprocess.run(command, env=_subprocess_env(), capture_output=True, text=True, timeout=300, cwd=str(REPO))
+    result = launch_two_cpu_processes("train_t2i.py", base_args(images, workdir, out, **{
+        "--max_train_steps": 3, "--checkpointing_steps": 2, "--train_batch_size": 1,
+    }), timeout=300)  # fmt: skip
     assert result.returncode == 0, result.stderr[-4000:]
     assert "DistributedType.MULTI_CPU" in result.stderr and "Num processes: 2" in result.stderr
     checkpoint = out / "checkpoint-2"
@@ -476,24 +373,17 @@ def test_accelerate_configs_describe_the_paper_setup():
 # ----------------------------------------------------------------------------------------------------------------------
 # Heavier runs (pytest -m slow)
 # ----------------------------------------------------------------------------------------------------------------------
-def _launch_two_cpu_processes(script, argv, **env):
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / "cpu_2proc.yaml"),
-               "--multi_gpu", "--num_processes", "2", "--main_process_port", str(_free_port()),
-               str(SCRIPTS / script), *[str(a) for a in argv]]  # fmt: skip
-    return subprocess.run(command, env=_subprocess_env(**env), capture_output=True, text=True, timeout=600, cwd=str(REPO))
-
-
 @pytest.mark.slow
 def test_two_process_sigkill_and_resume_is_exact(images, workdir, tmp_path):
     options = {"--max_train_steps": 6, "--checkpointing_steps": 2, "--train_batch_size": 1, "--use_ema": True,
                "--resume_from_checkpoint": "latest", "--seed": 7}  # fmt: skip
-    reference = _launch_two_cpu_processes("train_t2i.py", base_args(images, workdir, tmp_path / "ref", **options))
+    reference = launch_two_cpu_processes("train_t2i.py", base_args(images, workdir, tmp_path / "ref", **options))
     assert reference.returncode == 0, reference.stderr[-3000:]
     argv = base_args(images, workdir, tmp_path / "run", **options)
-    killed = _launch_two_cpu_processes("train_t2i.py", argv, **{FAULT_ENV: "step:3"})
+    killed = launch_two_cpu_processes("train_t2i.py", argv, **{FAULT_ENV: "step:3"})
     assert killed.returncode != 0
     assert latest_checkpoint(tmp_path / "run").name == "checkpoint-2"
-    resumed = _launch_two_cpu_processes("train_t2i.py", argv)
+    resumed = launch_two_cpu_processes("train_t2i.py", argv)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_weights(tmp_path / "ref" / "transformer", tmp_path / "run" / "transformer")
     assert_same_weights(tmp_path / "ref" / "checkpoint-6" / "transformer", tmp_path / "run" / "checkpoint-6" / "transformer")
@@ -503,7 +393,7 @@ def test_two_process_sigkill_and_resume_is_exact(images, workdir, tmp_path):
 def test_two_process_precompute_writes_one_part_per_process(workdir, tmp_path):
     data = make_imagefolder(tmp_path / "data", num_images=5, corrupt=True)
     store_dir = tmp_path / "store"
-    result = _launch_two_cpu_processes("precompute_latents.py", [
+    result = launch_two_cpu_processes("precompute_latents.py", [
         "--preset", "tiny", "--train_data_dir", data, "--resolution", 64, "--output_dir", store_dir, "--batch_size", 2,
         "--cache_dir", workdir / "hf_cache",
     ])  # fmt: skip

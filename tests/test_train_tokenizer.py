@@ -1,61 +1,41 @@
 """training_scripts/train_tokenizer.py on the tiny preset (CPU, offline, random LPIPS and DINO backbones built from
 configs): the three stages, their flags, resume exactness, Hub upload."""
 
-import importlib.util
 import json
-import os
-import subprocess
-import sys
 from collections import Counter
-from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
-from training_helpers import make_imagefolder, make_webdataset, shape_image, truncated_jpeg
+from training_helpers import (  # noqa: F401 (one_thread: an autouse fixture)
+    assert_same_random_states,
+    assert_same_training_state,
+    assert_same_weights,
+    changed,
+    fake_hub,
+    launch_two_cpu_processes,
+    load_script,
+    make_imagefolder,
+    make_webdataset,
+    one_thread,
+    optimizer_states_equal,
+    run_in_process,
+    run_script,
+    shape_image,
+    tensorboard_tags,
+    to_argv,
+    truncated_jpeg,
+)
 
 from diffusers_bit import BinaryLatentTokenizer
 from diffusers_bit.training.checkpointing import FAULT_ENV, latest_checkpoint
 from diffusers_bit.training.tokenizer_stages import sample_decode_size
 
-REPO = Path(__file__).resolve().parents[1]
-SCRIPTS = REPO / "training_scripts"
-CONFIGS = SCRIPTS / "accelerate_configs"
-
-
-def _load_script(name):
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-train_tokenizer = _load_script("train_tokenizer")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: one thread is fastest and immune to a busy second core
-    yield
-    torch.set_num_threads(threads)
-
-
-def _reset_accelerate():
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
+train_tokenizer = load_script("train_tokenizer")
 
 
 def train(argv):
-    _reset_accelerate()
-    try:
-        return train_tokenizer.main(train_tokenizer.parse_args([str(a) for a in argv]))
-    finally:
-        _reset_accelerate()
+    return run_in_process(train_tokenizer, argv)
 
 
 def tok_args(images, workdir, output_dir, **overrides):
@@ -66,41 +46,12 @@ def tok_args(images, workdir, output_dir, **overrides):
         "--num_validation_images": 2, "--perceptual_model": "tiny", "--perceptual_size": 64, "--perceptual_crop": 32,
         "--cache_dir": workdir / "hf_cache",
     }  # fmt: skip
-    args.update(overrides)
-    argv = []
-    for key, value in args.items():
-        if value is None:
-            continue
-        if value is True:
-            argv.append(key)
-        elif isinstance(value, (list, tuple)):
-            argv += [key, *value]
-        else:
-            argv += [key, value]
-    return [str(a) for a in argv]
+    return to_argv({**args, **overrides})
 
 
 def stage3_overrides(start, **extra):
     return {"--stage": 3, "--preset": None, "--pretrained_model_name_or_path": start, "--discriminator_backbone": "tiny",
             "--discriminator_head_channels": 16, **extra}  # fmt: skip
-
-
-def weights(folder):
-    files = sorted(Path(folder).glob("*.safetensors"))
-    assert files, f"no weights in {folder}"
-    return load_file(str(files[0]))
-
-
-def assert_same_weights(a, b, prefix=""):
-    wa, wb = weights(a), weights(b)
-    assert wa.keys() == wb.keys()
-    different = [k for k in wa if k.startswith(prefix) and not torch.equal(wa[k], wb[k])]
-    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
-
-
-def changed(a, b, prefix=""):
-    wa, wb = weights(a), weights(b)
-    return [k for k in wa if k.startswith(prefix) and not torch.equal(wa[k], wb[k])]
 
 
 def series(results, name):
@@ -278,7 +229,6 @@ def test_stage3_freezes_the_encoder_and_starts_the_discriminator_late(images, wo
 # ----------------------------------------------------------------------------------------------------------------------
 def test_gradient_checkpointing_is_exact_and_validation_is_logged(images, workdir, tmp_path, stage1):
     pytest.importorskip("tensorboard")
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     common = {"--stage": 2, "--preset": None, "--pretrained_model_name_or_path": stage1[0], "--max_train_steps": 4,
               "--gradient_accumulation_steps": 2, "--train_batch_size": 2, "--use_ema": True, "--ema_decay": 0.9}
@@ -295,13 +245,7 @@ def test_gradient_checkpointing_is_exact_and_validation_is_logged(images, workdi
     assert sum(checkpointed["decode_sizes_seen"].values()) == 8  # 4 steps x 2 micro-batches
     grids = sorted(p.name for p in (out / "logs" / "validation").glob("*.png"))
     assert grids == sorted(f"step-0000000{s}-{r}px.png" for s in (2, 4) for r in (64, 96, 128))
-    tags = {}
-    for event_file in (out / "logs").rglob("events.out.tfevents.*"):
-        accumulator = EventAccumulator(str(event_file), size_guidance={"images": 0})
-        accumulator.Reload()
-        for kind, names in accumulator.Tags().items():
-            if isinstance(names, list):
-                tags.setdefault(kind, set()).update(names)
+    tags = tensorboard_tags(out / "logs")
     assert {"validation/64px", "validation/128px"} <= tags.get("images", set())
     assert {"loss", "smooth_l1", "lpips_crop", "val/psnr_96", "decode_size"} <= tags.get("scalars", set())
 
@@ -343,26 +287,7 @@ def test_caption_free_folders_corrupt_images_and_other_formats(workdir, tmp_path
 
 
 def test_push_to_hub_uploads_the_tokenizer_with_card_and_without_checkpoints(images, workdir, tmp_path, monkeypatch):
-    import huggingface_hub
-    from huggingface_hub.utils import filter_repo_objects
-
-    calls = {}
-
-    def create_repo(repo_id, **kwargs):
-        calls["create_repo"] = (repo_id, kwargs)
-        return SimpleNamespace(repo_id=f"someone/{repo_id.split('/')[-1]}")
-
-    def upload_folder(*, repo_id, folder_path, ignore_patterns=None, allow_patterns=None, **kwargs):
-        root = Path(folder_path)
-        files = [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()]
-        calls["upload_folder"] = {
-            "repo_id": repo_id, "all_files": files, "readme": (root / "README.md").read_text(),
-            "uploaded": sorted(filter_repo_objects(files, allow_patterns=allow_patterns, ignore_patterns=ignore_patterns)),
-        }  # fmt: skip
-        return "https://huggingface.co/someone/tok/commit/0"
-
-    monkeypatch.setattr(huggingface_hub, "create_repo", create_repo)
-    monkeypatch.setattr(huggingface_hub, "upload_folder", upload_folder)
+    calls = fake_hub(monkeypatch)
     out = tmp_path / "my-tokenizer"
     train(tok_args(images, workdir, out, **{"--max_train_steps": 4, "--checkpointing_steps": 2, "--push_to_hub": True,
                                             "--hub_model_id": "my-tokenizer", "--use_ema": True}))  # fmt: skip
@@ -385,22 +310,8 @@ def test_push_to_hub_uploads_the_tokenizer_with_card_and_without_checkpoints(ima
 # ----------------------------------------------------------------------------------------------------------------------
 # Reliability: SIGKILL + resume
 # ----------------------------------------------------------------------------------------------------------------------
-def _subprocess_env(**extra):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    env.pop(FAULT_ENV, None)
-    env.update(extra)
-    return env
-
-
-def _run_script(argv, timeout=300, **env):
-    return subprocess.run([sys.executable, str(SCRIPTS / "train_tokenizer.py"), *argv], env=_subprocess_env(**env),
-                          capture_output=True, text=True, timeout=timeout, cwd=str(REPO))  # fmt: skip
-
-
-def _optimizer_states_equal(a, b):
-    sa = torch.load(a, weights_only=True)["state"]
-    sb = torch.load(b, weights_only=True)["state"]
-    return sa.keys() == sb.keys() and all(torch.equal(sa[k][n], sb[k][n]) for k in sa for n in ("exp_avg", "exp_avg_sq"))
+def _run_script(argv, **env):
+    return run_script("train_tokenizer.py", argv, **env)
 
 
 def _kill_and_resume(reference_argv, argv, out, kill_step, save_step, first_checkpoint):
@@ -427,11 +338,10 @@ def test_stage1_sigkill_and_resume_ends_with_identical_weights(images, workdir, 
     assert_same_weights(ref, out)  # the final tokenizer (EMA weights)
     for name in ("tokenizer", "tokenizer_ema"):
         assert_same_weights(ref / "checkpoint-6" / name, out / "checkpoint-6" / name)
-    assert _optimizer_states_equal(ref / "checkpoint-6" / "optimizer.bin", out / "checkpoint-6" / "optimizer.bin")
-    state_a = json.loads((ref / "checkpoint-6" / "training_state_0.json").read_text())
-    state_b = json.loads((out / "checkpoint-6" / "training_state_0.json").read_text())
-    for key in ("global_step", "epoch", "batch_in_epoch", "seed", "loss_ema", "images_seen"):
-        assert state_a[key] == state_b[key], key
+    assert optimizer_states_equal(ref / "checkpoint-6" / "optimizer.bin", out / "checkpoint-6" / "optimizer.bin")
+    assert_same_random_states(ref / "checkpoint-6", out / "checkpoint-6")
+    assert_same_training_state(ref / "checkpoint-6", out / "checkpoint-6",
+                               ("global_step", "epoch", "batch_in_epoch", "seed", "loss_ema", "images_seen"))  # fmt: skip
     assert not list(out.glob(".tmp-*"))
 
 
@@ -450,11 +360,10 @@ def test_stage3_sigkill_and_resume_ends_with_identical_weights(images, workdir, 
     for name in ("tokenizer", "tokenizer_ema", "discriminator"):
         assert_same_weights(ref / "checkpoint-6" / name, out / "checkpoint-6" / name)
     for name in ("optimizer.bin", "optimizer_1.bin"):  # tokenizer's and discriminator's AdamW
-        assert _optimizer_states_equal(ref / "checkpoint-6" / name, out / "checkpoint-6" / name), name
-    state_a = json.loads((ref / "checkpoint-6" / "training_state_0.json").read_text())
-    state_b = json.loads((out / "checkpoint-6" / "training_state_0.json").read_text())
-    for key in ("global_step", "batch_in_epoch", "loss_ema", "d_loss_ema", "decode_sizes_seen", "discriminator_steps"):
-        assert state_a[key] == state_b[key], key
+        assert optimizer_states_equal(ref / "checkpoint-6" / name, out / "checkpoint-6" / name), name
+    assert_same_random_states(ref / "checkpoint-6", out / "checkpoint-6")
+    state_a = assert_same_training_state(ref / "checkpoint-6", out / "checkpoint-6", (
+        "global_step", "batch_in_epoch", "loss_ema", "d_loss_ema", "decode_sizes_seen", "discriminator_steps"))  # fmt: skip
     assert len(state_a["decode_sizes_seen"]) > 1
     # the discriminator did change during the run (so its equality above means something)
     assert changed(ref / "checkpoint-3" / "discriminator", ref / "checkpoint-6" / "discriminator", "heads.")
@@ -463,24 +372,12 @@ def test_stage3_sigkill_and_resume_ends_with_identical_weights(images, workdir, 
 # ----------------------------------------------------------------------------------------------------------------------
 # Several processes (pytest -m slow)
 # ----------------------------------------------------------------------------------------------------------------------
-def _free_port():
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_process_stage3_runs_with_ddp(images, workdir, tmp_path, stage2):
     out = tmp_path / "ddp"
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / "cpu_2proc.yaml"),
-               "--multi_gpu", "--num_processes", "2", "--main_process_port", str(_free_port()),
-               str(SCRIPTS / "train_tokenizer.py"),
-               *tok_args(images, workdir, out, **stage3_overrides(stage2[0], **{
-                   "--max_train_steps": 4, "--checkpointing_steps": 2, "--train_batch_size": 2,
-                   "--discriminator_start_step": 1}))]  # fmt: skip
-    result = subprocess.run(command, env=_subprocess_env(), capture_output=True, text=True, timeout=600, cwd=str(REPO))
+    result = launch_two_cpu_processes("train_tokenizer.py", tok_args(images, workdir, out, **stage3_overrides(stage2[0], **{
+        "--max_train_steps": 4, "--checkpointing_steps": 2, "--train_batch_size": 2, "--discriminator_start_step": 1,
+    })))  # fmt: skip
     assert result.returncode == 0, result.stderr[-4000:]
     assert "DistributedType.MULTI_CPU" in result.stderr and "Num processes: 2" in result.stderr
     for rank in (0, 1):

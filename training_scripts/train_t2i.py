@@ -18,24 +18,16 @@ a model card, tensorboard logs and the `checkpoint-<step>` folders.
 """
 
 import argparse
-import json
-import logging
 import math
 import os
-import random
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import ProjectConfiguration, broadcast_object_list, set_seed
 from tqdm.auto import tqdm
 
-import diffusers
-import transformers
-from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from diffusers_bit import BernoulliScheduler, InstellaARPipeline, InstellaT2IPipeline, unpack_bits
 from diffusers_bit.presets import load_preset_config, preset_path
@@ -48,21 +40,17 @@ from diffusers_bit.training import (
     build_source,
     collate_images,
     collate_latents,
-    create_hub_repo,
     derive_seed,
     diffusion_loss,
     encode_text,
-    identity_collate,
     load_checkpoint,
     process_latent_record,
-    remove_stale_temp_dirs,
-    resolve_resume_checkpoint,
     save_checkpoint,
     synchronized_items,
     upload_training_folder,
     write_model_card,
 )
-from diffusers_bit.training.checkpointing import TRAINING_STATE, maybe_inject_fault
+from diffusers_bit.training.checkpointing import maybe_inject_fault
 from diffusers_bit.training.components import (
     GENERATOR_CLASSES,
     build_generator,
@@ -75,14 +63,25 @@ from diffusers_bit.training.components import (
     text_encoder_dims,
 )
 from diffusers_bit.training.data import SKIP_REASONS, SkipStats
-from diffusers_bit.training.utils import (
-    RunningMean,
-    accelerator_cpu_flag,
-    image_grid,
-    log_image_grid,
-    scalar_config,
-    weight_dtype_for,
+from diffusers_bit.training.script_utils import (
+    add_checkpointing_args,
+    add_ema_args,
+    add_hub_args,
+    add_logging_args,
+    add_mixed_precision_args,
+    add_optimization_args,
+    check_common_args,
+    check_resumed_topology,
+    common_hyperparameters,
+    get_lr_scheduler,
+    log_skipped,
+    make_accelerator,
+    make_dataloader,
+    prepare_run,
+    reduce_skip_stats,
+    register_checkpoint_hooks,
 )
+from diffusers_bit.training.utils import RunningMean, image_grid, log_image_grid, scalar_config, weight_dtype_for
 
 logger = get_logger(__name__, log_level="INFO")
 
@@ -143,43 +142,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     group.add_argument("--num_train_epochs", type=int, default=1)
     group.add_argument("--max_train_steps", type=int, default=None,
                        help="Optimizer steps; overrides --num_train_epochs (required with --streaming).")
-    group.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    group.add_argument("--gradient_checkpointing", action="store_true")
-    group.add_argument("--learning_rate", type=float, default=1e-4)
-    group.add_argument("--lr_scheduler", type=str, default="constant_with_warmup",
-                       choices=["linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
-                                "constant_with_warmup"],
-                       help="Learning-rate schedule (paper: constant after a linear warm-up).")
-    group.add_argument("--lr_warmup_steps", type=int, default=1000)
-    group.add_argument("--adam_beta1", type=float, default=0.9)
-    group.add_argument("--adam_beta2", type=float, default=0.999)
-    group.add_argument("--adam_weight_decay", type=float, default=0.0)
-    group.add_argument("--adam_epsilon", type=float, default=1e-8)
-    group.add_argument("--max_grad_norm", type=float, default=1.0)
-    group.add_argument("--use_ema", action="store_true", help="Keep an EMA of the weights; the saved pipeline uses it.")
-    group.add_argument("--ema_decay", type=float, default=0.9999)
-    group.add_argument("--mixed_precision", type=str, default=None, choices=["no", "fp16", "bf16"],
-                       help="Default: the accelerate config's (paper: bf16).")
-    group.add_argument("--allow_tf32", action="store_true", help="Allow TF32 matmuls on Ampere+ GPUs.")
+    add_optimization_args(group, lr_scheduler_help="Learning-rate schedule (paper: constant after a linear warm-up).")
+    add_ema_args(group, use_ema_help="Keep an EMA of the weights; the saved pipeline uses it.")
+    add_mixed_precision_args(group)
 
     group = parser.add_argument_group("logging, checkpoints, validation, Hub")
-    group.add_argument("--report_to", type=str, default="tensorboard", help='"tensorboard", "wandb", "all" or "none".')
-    group.add_argument("--logging_dir", type=str, default="logs", help="Tracker folder, relative to --output_dir.")
-    group.add_argument("--tracker_project_name", type=str, default="train_t2i")
-    group.add_argument("--checkpointing_steps", type=int, default=500)
-    group.add_argument("--checkpoints_total_limit", type=int, default=None)
-    group.add_argument("--resume_from_checkpoint", type=str, default=None,
-                       help='"latest" (the newest complete checkpoint in --output_dir, or a fresh start if none) or a '
-                            "checkpoint folder.")
+    add_logging_args(group, tracker_project_name="train_t2i")
+    add_checkpointing_args(group)
     group.add_argument("--validation_prompts", type=str, nargs="+", default=None)
     group.add_argument("--validation_steps", type=int, default=500)
     group.add_argument("--validation_inference_steps", type=int, default=20, help="Diffusion sampling steps.")
     group.add_argument("--validation_guidance_scale", type=float, default=None, help="Default: the pipeline's.")
     group.add_argument("--validation_temperature", type=float, default=None, help="Default: the pipeline's.")
-    group.add_argument("--push_to_hub", action="store_true")
-    group.add_argument("--hub_model_id", type=str, default=None, help="Default: the name of --output_dir.")
-    group.add_argument("--hub_token", type=str, default=None)
-    group.add_argument("--hub_private", action="store_true")
+    add_hub_args(group)
 
     args = parser.parse_args(argv)
     validate_args(args)
@@ -195,23 +170,11 @@ def validate_args(args: argparse.Namespace) -> None:
         raise ValueError("pass --preset (train from scratch) and/or --pretrained_model_name_or_path")
     if args.latents_dir and args.streaming:
         raise ValueError("--streaming does not apply to --latents_dir (a latent store is memory-mapped)")
-    if args.streaming and args.max_train_steps is None:
-        raise ValueError("--streaming needs --max_train_steps (a stream has no length)")
-    for flag in ("train_batch_size", "gradient_accumulation_steps", "checkpointing_steps", "validation_steps",
-                 "num_train_epochs", "max_sequence_length", "validation_inference_steps", "resolution"):
-        if getattr(args, flag) < 1:
-            raise ValueError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
-    for flag in ("max_train_steps", "checkpoints_total_limit", "max_train_samples"):
-        if getattr(args, flag) is not None and getattr(args, flag) < 1:
-            raise ValueError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
+    check_common_args(args, positive=("max_sequence_length", "validation_inference_steps"))
     if not 0.0 <= args.prompt_dropout <= 1.0:
         raise ValueError(f"--prompt_dropout must be in [0, 1], got {args.prompt_dropout}")
-    if args.lr_warmup_steps < 0 or args.dataloader_num_workers < 0:
-        raise ValueError("--lr_warmup_steps and --dataloader_num_workers must be >= 0")
     if args.min_image_size is None:
         args.min_image_size = args.resolution // 2
-    if args.push_to_hub and args.hub_model_id is None:
-        args.hub_model_id = Path(args.output_dir).resolve().name
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -281,24 +244,7 @@ def data_description(args, source, stats: SkipStats) -> str:
 def main(args: argparse.Namespace) -> dict:
     started = time.time()
     output_dir = Path(args.output_dir)
-    accelerator = Accelerator(
-        cpu=accelerator_cpu_flag(),
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        mixed_precision=args.mixed_precision,
-        log_with=None if args.report_to == "none" else args.report_to,
-        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / args.logging_dir)),
-    )
-    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%m/%d/%Y %H:%M:%S",
-                        level=logging.INFO)  # fmt: skip
-    logger.info(accelerator.state, main_process_only=False)
-    if accelerator.is_local_main_process:
-        transformers.utils.logging.set_verbosity_warning()
-        diffusers.utils.logging.set_verbosity_warning()
-    else:
-        transformers.utils.logging.set_verbosity_error()
-        diffusers.utils.logging.set_verbosity_error()
-    if args.allow_tf32:
-        torch.backends.cuda.matmul.allow_tf32 = True
+    accelerator = make_accelerator(args, output_dir)
 
     # == where everything comes from; checked before anything heavy is loaded ==
     plan = plan_components(args.model, args.pretrained_model_name_or_path, args.preset, args.text_encoder,
@@ -321,25 +267,8 @@ def main(args: argparse.Namespace) -> dict:
         process_fn = ImageCaptionProcessor(args.resolution, args.image_column, args.caption_column, args.min_image_size)
         collate_fn = collate_images
 
-    # == output folder, resume point, seed ==
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        remove_stale_temp_dirs(output_dir)
-    accelerator.wait_for_everyone()
-    resume_path = resolve_resume_checkpoint(output_dir, args.resume_from_checkpoint)
-    if args.resume_from_checkpoint and resume_path is None:
-        logger.info(f"No complete checkpoint in {output_dir}; starting a new run")
-    if resume_path is not None:
-        seed = json.loads((resume_path / TRAINING_STATE.format(0)).read_text())["seed"]
-    else:
-        seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
-        seed = broadcast_object_list([seed])[0]  # a random seed must be the same on every process
-    set_seed(seed)
-    logger.info(f"seed {seed}")
-
-    repo_id = None
-    if args.push_to_hub and accelerator.is_main_process:
-        repo_id = create_hub_repo(args.hub_model_id, token=args.hub_token, private=args.hub_private or None)
+    # == output folder, resume point, seed, Hub repo ==
+    resume_path, seed, repo_id = prepare_run(accelerator, output_dir, args)
 
     # == models ==
     weight_dtype = weight_dtype_for(accelerator.mixed_precision)
@@ -358,29 +287,7 @@ def main(args: argparse.Namespace) -> dict:
                              model_config=transformer.config)  # fmt: skip
 
     # checkpoints hold the transformer (and its EMA) as `save_pretrained` folders
-    def save_model_hook(models, weights, folder):
-        if accelerator.is_main_process:
-            if ema_model is not None:
-                ema_model.save_pretrained(os.path.join(folder, "transformer_ema"))
-            for model in models:
-                accelerator.unwrap_model(model).save_pretrained(os.path.join(folder, "transformer"))
-                if weights:  # DeepSpeed saves its own states and passes no weights
-                    weights.pop()
-
-    def load_model_hook(models, folder):
-        if ema_model is not None:
-            loaded = EMAModel.from_pretrained(os.path.join(folder, "transformer_ema"), model_cls)
-            ema_model.load_state_dict(loaded.state_dict())
-            ema_model.to(accelerator.device)
-            del loaded
-        while models:  # empty under DeepSpeed, which loads its own checkpoint
-            model = models.pop()
-            loaded = model_cls.from_pretrained(folder, subfolder="transformer")
-            accelerator.unwrap_model(model).load_state_dict(loaded.state_dict())
-            del loaded
-
-    accelerator.register_save_state_pre_hook(save_model_hook)
-    accelerator.register_load_state_pre_hook(load_model_hook)
+    register_checkpoint_hooks(accelerator, {"transformer": model_cls}, ema_model, ema_subfolder="transformer_ema")
 
     optimizer = torch.optim.AdamW(
         transformer.parameters(),
@@ -400,13 +307,7 @@ def main(args: argparse.Namespace) -> dict:
         raise ValueError("the training data is empty: check --dataset_name/--train_data_dir/--latents_dir")
     if args.max_train_steps is None:
         args.max_train_steps = args.num_train_epochs * math.ceil(items_per_epoch / args.gradient_accumulation_steps)
-    # the prepared scheduler steps once per process at every optimizer step (diffusers' convention)
-    lr_scheduler = get_scheduler(
-        args.lr_scheduler,
-        optimizer,
-        num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
-        num_training_steps=args.max_train_steps * accelerator.num_processes,
-    )
+    lr_scheduler = get_lr_scheduler(args, optimizer, accelerator.num_processes)
     if accelerator.state.deepspeed_plugin is not None:  # no dataloader goes through prepare()
         accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = args.train_batch_size
     transformer, optimizer, lr_scheduler = accelerator.prepare(transformer, optimizer, lr_scheduler)
@@ -426,11 +327,7 @@ def main(args: argparse.Namespace) -> dict:
     if resume_path is not None:
         logger.info(f"Resuming from checkpoint {resume_path}")
         state.update(load_checkpoint(accelerator, resume_path))
-        workers_changed = streaming and state["num_workers"] != args.dataloader_num_workers
-        if state["num_processes"] != accelerator.num_processes or workers_changed:
-            logger.warning("the checkpoint was written with a different number of processes/workers: the data order "
-                           "will differ from an uninterrupted run")  # fmt: skip
-        state["num_processes"], state["num_workers"] = accelerator.num_processes, args.dataloader_num_workers
+        check_resumed_topology(accelerator, state, args.dataloader_num_workers, streaming)
     global_step, epoch, start_index = state["global_step"], state["epoch"], state["batch_in_epoch"]
     loss_ema = RunningMean.from_state_dict(state["loss_ema"])
     accuracy_ema = RunningMean.from_state_dict(state["accuracy_ema"])
@@ -472,22 +369,11 @@ def main(args: argparse.Namespace) -> dict:
 
     while global_step < args.max_train_steps:
         dataset = make_dataset(epoch, start_index)
-        loader = torch.utils.data.DataLoader(
-            dataset, batch_size=None, num_workers=args.dataloader_num_workers, collate_fn=identity_collate,
-            pin_memory=device.type == "cuda",
-            # its own generator: creating the iterator must not draw from the global RNG (restored on resume)
-            generator=torch.Generator().manual_seed(derive_seed(seed, accelerator.process_index, epoch, start_index)),
-        )  # fmt: skip
+        loader = make_dataloader(dataset, args.dataloader_num_workers, pin_memory=device.type == "cuda")
         trained_batches = 0  # micro-batches trained in this epoch
         for item in synchronized_items(loader, accelerator):
             start_index = item["index"] + 1
-            if item["skipped"]:
-                for reason, count in item["skipped"].items():
-                    skip_stats.counts[reason] += count
-                for reason, key, detail in item["skip_examples"]:
-                    if logged_skips < 20:
-                        logger.warning(f"skipped {key}: {reason} ({detail})", main_process_only=False)
-                    logged_skips += 1
+            logged_skips = log_skipped(item, skip_stats, logged_skips)
             if item["skip"]:
                 continue
             batch = item["batch"]
@@ -561,11 +447,7 @@ def main(args: argparse.Namespace) -> dict:
         validate(global_step)  # the final weights, when the last step was not a validation step
 
     # == summary, final pipeline, model card, upload ==
-    counts = torch.tensor([float(skip_stats.counts.get(r, 0)) for r in SKIP_REASONS], device=device)
-    counts = accelerator.reduce(counts, reduction="sum") if accelerator.num_processes > 1 else counts
-    total_skips = SkipStats()
-    total_skips.counts.update({r: int(c) for r, c in zip(SKIP_REASONS, counts.tolist()) if c})
-    logger.info(f"Skipped {total_skips.total} unusable records in total ({total_skips.summary()})")
+    total_skips = reduce_skip_stats(accelerator, skip_stats)
     train_time = train_time_before + time.time() - run_started
     accelerator.wait_for_everyone()
     results = {"global_step": global_step, "final_loss": loss_ema.value, "bit_accuracy": accuracy_ema.value,
@@ -582,17 +464,7 @@ def main(args: argparse.Namespace) -> dict:
         final.save_pretrained(str(output_dir))
         hyperparameters = {
             "generator": f"{args.model} ({model_cls.__name__})",
-            "learning_rate": args.learning_rate, "lr_scheduler": args.lr_scheduler, "lr_warmup_steps": args.lr_warmup_steps,
-            "optimizer": f"AdamW (betas=({args.adam_beta1}, {args.adam_beta2}), weight_decay={args.adam_weight_decay}, "
-                         f"eps={args.adam_epsilon})",
-            "max_grad_norm": args.max_grad_norm,
-            "train_batch_size (per device)": args.train_batch_size,
-            "processes": accelerator.num_processes,
-            "gradient_accumulation_steps": args.gradient_accumulation_steps,
-            "total batch size": total_batch_size,
-            "mixed_precision": accelerator.mixed_precision,
-            "gradient_checkpointing": args.gradient_checkpointing,
-            "EMA": f"decay {args.ema_decay}" if args.use_ema else "no",
+            **common_hyperparameters(args, accelerator, total_batch_size),
             "prompt_dropout": args.prompt_dropout,
             "max_sequence_length": args.max_sequence_length,
             "resolution": args.resolution,

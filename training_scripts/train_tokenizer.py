@@ -24,42 +24,30 @@ the discriminator of stage 3; it is never part of the product).
 """
 
 import argparse
-import json
-import logging
 import math
 import os
-import random
 import time
 from collections import Counter, deque
 from pathlib import Path
 
 import numpy as np
 import torch
-from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import ProjectConfiguration, broadcast_object_list, set_seed
 from tqdm.auto import tqdm
 
-import diffusers
-import transformers
-from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from diffusers_bit import BinaryLatentTokenizer
-from diffusers_bit.presets import load_preset_config, preset_path
+from diffusers_bit.presets import load_preset_config
 from diffusers_bit.training import (
     BatchDataset,
     build_source,
-    create_hub_repo,
     derive_seed,
-    identity_collate,
     load_checkpoint,
-    remove_stale_temp_dirs,
-    resolve_resume_checkpoint,
     save_checkpoint,
     synchronized_items,
     upload_training_folder,
 )
-from diffusers_bit.training.checkpointing import TRAINING_STATE, maybe_inject_fault
+from diffusers_bit.training.checkpointing import maybe_inject_fault
 from diffusers_bit.training.components import check_resolution, image_tokenizer_config, load_image_tokenizer, plan_components
 from diffusers_bit.training.data import SKIP_REASONS, SkipSample, SkipStats, StreamSource
 from diffusers_bit.training.discriminator import (
@@ -87,7 +75,25 @@ from diffusers_bit.training.tokenizer_stages import (
     sample_decode_size,
     tensor_to_pil,
 )
-from diffusers_bit.training.utils import RunningMean, accelerator_cpu_flag, image_grid, log_image_grid, scalar_config
+from diffusers_bit.training.script_utils import (
+    add_checkpointing_args,
+    add_ema_args,
+    add_hub_args,
+    add_logging_args,
+    add_mixed_precision_args,
+    add_optimization_args,
+    check_common_args,
+    check_resumed_topology,
+    common_hyperparameters,
+    get_lr_scheduler,
+    log_skipped,
+    make_accelerator,
+    make_dataloader,
+    prepare_run,
+    reduce_skip_stats,
+    register_checkpoint_hooks,
+)
+from diffusers_bit.training.utils import RunningMean, image_grid, log_image_grid, scalar_config
 
 logger = get_logger(__name__, log_level="INFO")
 
@@ -179,43 +185,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     group.add_argument("--max_train_steps", type=int, default=None,
                        help="Optimizer steps (paper: 50k, 10k, 200k); overrides --num_train_epochs (required with "
                             "--streaming).")
-    group.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    group.add_argument("--gradient_checkpointing", action="store_true")
-    group.add_argument("--learning_rate", type=float, default=1e-4)
-    group.add_argument("--lr_scheduler", type=str, default="constant_with_warmup",
-                       choices=["linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
-                                "constant_with_warmup"])
-    group.add_argument("--lr_warmup_steps", type=int, default=1000)
-    group.add_argument("--adam_beta1", type=float, default=0.9)
-    group.add_argument("--adam_beta2", type=float, default=0.999)
-    group.add_argument("--adam_weight_decay", type=float, default=0.0)
-    group.add_argument("--adam_epsilon", type=float, default=1e-8)
-    group.add_argument("--max_grad_norm", type=float, default=1.0, help="Clipping of the tokenizer's and of the "
-                                                                        "discriminator's gradients (0 disables).")
-    group.add_argument("--use_ema", action="store_true", help="Keep an EMA of the tokenizer; the saved model uses it.")
-    group.add_argument("--ema_decay", type=float, default=0.9999)
-    group.add_argument("--mixed_precision", type=str, default=None, choices=["no", "fp16", "bf16"],
-                       help="Default: the accelerate config's (paper: bf16).")
-    group.add_argument("--allow_tf32", action="store_true", help="Allow TF32 matmuls on Ampere+ GPUs.")
+    add_optimization_args(group, max_grad_norm_help="Clipping of the tokenizer's and of the discriminator's gradients "
+                                                    "(0 disables).")  # fmt: skip
+    add_ema_args(group, use_ema_help="Keep an EMA of the tokenizer; the saved model uses it.")
+    add_mixed_precision_args(group)
 
     group = parser.add_argument_group("logging, checkpoints, validation, Hub")
-    group.add_argument("--report_to", type=str, default="tensorboard", help='"tensorboard", "wandb", "all" or "none".')
-    group.add_argument("--logging_dir", type=str, default="logs", help="Tracker folder, relative to --output_dir.")
-    group.add_argument("--tracker_project_name", type=str, default="train_tokenizer")
-    group.add_argument("--checkpointing_steps", type=int, default=500)
-    group.add_argument("--checkpoints_total_limit", type=int, default=None)
-    group.add_argument("--resume_from_checkpoint", type=str, default=None,
-                       help='"latest" (the newest complete checkpoint in --output_dir, or a fresh start if none) or a '
-                            "checkpoint folder.")
+    add_logging_args(group, tracker_project_name="train_tokenizer")
+    add_checkpointing_args(group)
     group.add_argument("--validation_images", type=str, nargs="+", default=None,
                        help="Image files reconstructed at every validation (default: the first "
                             "--num_validation_images images of the training data).")
     group.add_argument("--num_validation_images", type=int, default=4, help="0 disables validation.")
     group.add_argument("--validation_steps", type=int, default=500)
-    group.add_argument("--push_to_hub", action="store_true")
-    group.add_argument("--hub_model_id", type=str, default=None, help="Default: the name of --output_dir.")
-    group.add_argument("--hub_token", type=str, default=None)
-    group.add_argument("--hub_private", action="store_true")
+    add_hub_args(group)
 
     args = parser.parse_args(argv)
     validate_args(args)
@@ -233,20 +216,10 @@ def validate_args(args: argparse.Namespace) -> None:
     if args.stage == 3 and args.pretrained_model_name_or_path is None:
         raise ValueError("--stage 3 freezes the encoder, so it needs a trained tokenizer: pass "
                          "--pretrained_model_name_or_path (the stage-2 output) instead of --preset")  # fmt: skip
-    if args.streaming and args.max_train_steps is None:
-        raise ValueError("--streaming needs --max_train_steps (a stream has no length)")
-    for flag in ("train_batch_size", "gradient_accumulation_steps", "checkpointing_steps", "validation_steps",
-                 "num_train_epochs", "resolution", "discriminator_head_channels"):
-        if getattr(args, flag) < 1:
-            raise ValueError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
-    for flag in ("max_train_steps", "checkpoints_total_limit", "max_train_samples"):
-        if getattr(args, flag) is not None and getattr(args, flag) < 1:
-            raise ValueError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
-    for flag in ("lr_warmup_steps", "dataloader_num_workers", "perceptual_size", "perceptual_crop",
-                 "discriminator_start_step", "num_validation_images", "smooth_l1_weight", "perceptual_weight",
-                 "code_loss_weight", "adversarial_weight", "adaptive_weight_max", "max_grad_norm"):
-        if getattr(args, flag) < 0:
-            raise ValueError(f"--{flag} must be >= 0, got {getattr(args, flag)}")
+    check_common_args(args, positive=("discriminator_head_channels",),
+                      non_negative=("perceptual_size", "perceptual_crop", "discriminator_start_step",
+                                    "num_validation_images", "smooth_l1_weight", "perceptual_weight", "code_loss_weight",
+                                    "adversarial_weight", "adaptive_weight_max", "max_grad_norm"))  # fmt: skip
     if args.smooth_l1_beta <= 0:
         raise ValueError(f"--smooth_l1_beta must be > 0, got {args.smooth_l1_beta}")
     if args.quantizer_temperature is not None and args.quantizer_temperature < 0:
@@ -265,8 +238,6 @@ def validate_args(args: argparse.Namespace) -> None:
                    if getattr(args, flag) != default]  # fmt: skip
         if changed:
             raise ValueError(f"--{changed[0]} only applies to --stage 3 (the adversarial stage)")
-    if args.push_to_hub and args.hub_model_id is None:
-        args.hub_model_id = Path(args.output_dir).resolve().name
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -400,24 +371,7 @@ def main(args: argparse.Namespace) -> dict:
     started = time.time()
     output_dir = Path(args.output_dir)
     stage = STAGES[args.stage]
-    accelerator = Accelerator(
-        cpu=accelerator_cpu_flag(),
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        mixed_precision=args.mixed_precision,
-        log_with=None if args.report_to == "none" else args.report_to,
-        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / args.logging_dir)),
-    )
-    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%m/%d/%Y %H:%M:%S",
-                        level=logging.INFO)  # fmt: skip
-    logger.info(accelerator.state, main_process_only=False)
-    if accelerator.is_local_main_process:
-        transformers.utils.logging.set_verbosity_warning()
-        diffusers.utils.logging.set_verbosity_warning()
-    else:
-        transformers.utils.logging.set_verbosity_error()
-        diffusers.utils.logging.set_verbosity_error()
-    if args.allow_tf32:
-        torch.backends.cuda.matmul.allow_tf32 = True
+    accelerator = make_accelerator(args, output_dir)
     if accelerator.state.deepspeed_plugin is not None:
         raise ValueError("train_tokenizer.py runs with plain data parallelism (the paper shards nothing for the "
                          "tokenizer, and stage 3 has two models with two optimizers): launch without a DeepSpeed "
@@ -439,25 +393,8 @@ def main(args: argparse.Namespace) -> dict:
     if args.validation_images:
         validation_batch = load_validation_images(args.validation_images, processor)
 
-    # == output folder, resume point, seed ==
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        remove_stale_temp_dirs(output_dir)
-    accelerator.wait_for_everyone()
-    resume_path = resolve_resume_checkpoint(output_dir, args.resume_from_checkpoint)
-    if args.resume_from_checkpoint and resume_path is None:
-        logger.info(f"No complete checkpoint in {output_dir}; starting a new run")
-    if resume_path is not None:
-        seed = json.loads((resume_path / TRAINING_STATE.format(0)).read_text())["seed"]
-    else:
-        seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
-        seed = broadcast_object_list([seed])[0]  # a random seed must be the same on every process
-    set_seed(seed)
-    logger.info(f"seed {seed}")
-
-    repo_id = None
-    if args.push_to_hub and accelerator.is_main_process:
-        repo_id = create_hub_repo(args.hub_model_id, token=args.hub_token, private=args.hub_private or None)
+    # == output folder, resume point, seed, Hub repo ==
+    resume_path, seed, repo_id = prepare_run(accelerator, output_dir, args)
 
     # == models ==
     device = accelerator.device
@@ -481,34 +418,8 @@ def main(args: argparse.Namespace) -> dict:
                              model_config=tokenizer.config)  # fmt: skip
 
     # checkpoints hold the tokenizer (and its EMA) and the discriminator as `save_pretrained` folders
-    def save_model_hook(models, weights, folder):
-        if accelerator.is_main_process:
-            if ema_model is not None:
-                ema_model.save_pretrained(os.path.join(folder, "tokenizer_ema"))
-            for model in models:
-                unwrapped = accelerator.unwrap_model(model)
-                name = "discriminator" if isinstance(unwrapped, DinoDiscriminator) else "tokenizer"
-                unwrapped.save_pretrained(os.path.join(folder, name))
-                if weights:
-                    weights.pop()
-
-    def load_model_hook(models, folder):
-        if ema_model is not None:
-            loaded = EMAModel.from_pretrained(os.path.join(folder, "tokenizer_ema"), BinaryLatentTokenizer)
-            ema_model.load_state_dict(loaded.state_dict())
-            ema_model.to(device)
-            del loaded
-        while models:
-            unwrapped = accelerator.unwrap_model(models.pop())
-            if isinstance(unwrapped, DinoDiscriminator):
-                loaded = DinoDiscriminator.from_pretrained(os.path.join(folder, "discriminator"))
-            else:
-                loaded = BinaryLatentTokenizer.from_pretrained(folder, subfolder="tokenizer")
-            unwrapped.load_state_dict(loaded.state_dict())
-            del loaded
-
-    accelerator.register_save_state_pre_hook(save_model_hook)
-    accelerator.register_load_state_pre_hook(load_model_hook)
+    register_checkpoint_hooks(accelerator, {"tokenizer": BinaryLatentTokenizer, "discriminator": DinoDiscriminator},
+                              ema_model, ema_subfolder="tokenizer_ema")  # fmt: skip
 
     trainable = [p for p in tokenizer.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
@@ -523,19 +434,15 @@ def main(args: argparse.Namespace) -> dict:
     if args.max_train_steps is None:
         args.max_train_steps = args.num_train_epochs * math.ceil(items_per_epoch / args.gradient_accumulation_steps)
 
-    def make_scheduler(opt):
-        # the prepared scheduler steps once per process at every optimizer step (diffusers' convention)
-        return get_scheduler(args.lr_scheduler, opt, num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
-                             num_training_steps=args.max_train_steps * accelerator.num_processes)  # fmt: skip
-
-    lr_scheduler = make_scheduler(optimizer)
+    lr_scheduler = get_lr_scheduler(args, optimizer, accelerator.num_processes)
     if discriminator is not None:
         d_optimizer = torch.optim.AdamW(
             list(discriminator.head_parameters()), lr=args.discriminator_learning_rate or args.learning_rate,
             betas=(args.discriminator_adam_beta1, args.discriminator_adam_beta2), weight_decay=args.adam_weight_decay,
             eps=args.adam_epsilon,
         )  # fmt: skip
-        d_scheduler = make_scheduler(d_optimizer)  # steps only when the discriminator trains: its warm-up starts then
+        # steps only when the discriminator trains: its warm-up starts then
+        d_scheduler = get_lr_scheduler(args, d_optimizer, accelerator.num_processes)
         model, optimizer, lr_scheduler, discriminator, d_optimizer, d_scheduler = accelerator.prepare(
             tokenizer, optimizer, lr_scheduler, discriminator, d_optimizer, d_scheduler
         )
@@ -565,11 +472,7 @@ def main(args: argparse.Namespace) -> dict:
         if state["stage"] != args.stage:
             raise ValueError(f"--resume_from_checkpoint {resume_path} was written by --stage {state['stage']}, not "
                              f"--stage {args.stage}")  # fmt: skip
-        workers_changed = streaming and state["num_workers"] != args.dataloader_num_workers
-        if state["num_processes"] != accelerator.num_processes or workers_changed:
-            logger.warning("the checkpoint was written with a different number of processes/workers: the data order "
-                           "will differ from an uninterrupted run")  # fmt: skip
-        state["num_processes"], state["num_workers"] = accelerator.num_processes, args.dataloader_num_workers
+        check_resumed_topology(accelerator, state, args.dataloader_num_workers, streaming)
     global_step, epoch, start_index = state["global_step"], state["epoch"], state["batch_in_epoch"]
     loss_ema = RunningMean.from_state_dict(state["loss_ema"])
     rec_ema = RunningMean.from_state_dict(state["rec_ema"])
@@ -621,18 +524,11 @@ def main(args: argparse.Namespace) -> dict:
 
     while global_step < args.max_train_steps:
         dataset = make_dataset(epoch, start_index)
-        loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=args.dataloader_num_workers,
-                                             collate_fn=identity_collate, pin_memory=device.type == "cuda")  # fmt: skip
+        loader = make_dataloader(dataset, args.dataloader_num_workers, pin_memory=device.type == "cuda")
         trained_batches = 0
         for item in synchronized_items(loader, accelerator):
             start_index = item["index"] + 1
-            if item["skipped"]:
-                for reason, count in item["skipped"].items():
-                    skip_stats.counts[reason] += count
-                for reason, key, detail in item["skip_examples"]:
-                    if logged_skips < 20:
-                        logger.warning(f"skipped {key}: {reason} ({detail})", main_process_only=False)
-                    logged_skips += 1
+            logged_skips = log_skipped(item, skip_stats, logged_skips)
             if item["skip"]:
                 continue
             batch = item["batch"]
@@ -751,11 +647,7 @@ def main(args: argparse.Namespace) -> dict:
         validate(global_step)  # the final weights, when the last step was not a validation step
 
     # == summary, final tokenizer, model card, upload ==
-    counts = torch.tensor([float(skip_stats.counts.get(r, 0)) for r in SKIP_REASONS], device=device)
-    counts = accelerator.reduce(counts, reduction="sum") if accelerator.num_processes > 1 else counts
-    total_skips = SkipStats()
-    total_skips.counts.update({r: int(c) for r, c in zip(SKIP_REASONS, counts.tolist()) if c})
-    logger.info(f"Skipped {total_skips.total} unusable records in total ({total_skips.summary()})")
+    total_skips = reduce_skip_stats(accelerator, skip_stats)
     run_time = time.time() - run_started
     train_time = train_time_before + run_time
     accelerator.wait_for_everyone()
@@ -778,18 +670,7 @@ def main(args: argparse.Namespace) -> dict:
             "quantizer temperature": temperature,
             "encoder resolution": args.resolution,
             "decode sizes (one drawn per step)": ", ".join(str(s) for s in decode_sizes),
-            "learning_rate": args.learning_rate, "lr_scheduler": args.lr_scheduler,
-            "lr_warmup_steps": args.lr_warmup_steps,
-            "optimizer": f"AdamW (betas=({args.adam_beta1}, {args.adam_beta2}), weight_decay={args.adam_weight_decay}, "
-                         f"eps={args.adam_epsilon})",
-            "max_grad_norm": args.max_grad_norm,
-            "train_batch_size (per device)": args.train_batch_size,
-            "processes": accelerator.num_processes,
-            "gradient_accumulation_steps": args.gradient_accumulation_steps,
-            "total batch size": total_batch_size,
-            "mixed_precision": accelerator.mixed_precision,
-            "gradient_checkpointing": args.gradient_checkpointing,
-            "EMA": f"decay {args.ema_decay}" if args.use_ema else "no",
+            **common_hyperparameters(args, accelerator, total_batch_size),
             "smooth L1": f"weight {args.smooth_l1_weight}, beta {args.smooth_l1_beta}",
             "perceptual (LPIPS-VGG)": (f"weight {args.perceptual_weight}, resize {args.perceptual_size}, crop "
                                        f"{args.perceptual_crop}, model `{args.perceptual_model}`"

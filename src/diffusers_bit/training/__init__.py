@@ -1,7 +1,8 @@
 # Copyright 2026 The diffusers-bit authors. Licensed under the Apache License, Version 2.0.
-r"""Reusable machinery of the training scripts in `training_scripts/` (generators now, tokenizer stages later):
-data sources and deterministic resumable batching, the packed latent store, atomic checkpoints, component loading,
-objectives, model cards and Hub upload."""
+r"""Reusable machinery of the training scripts in `training_scripts/` (generators and tokenizer stages): data sources
+and deterministic resumable batching, the packed latent store, atomic checkpoints, component loading, objectives,
+model cards and Hub upload. The scripts' common plumbing (shared flags, `Accelerator` set-up, run start, checkpoint
+hooks) is in `diffusers_bit.training.script_utils`, imported from there."""
 
 from .checkpointing import (
     atomic_write_json,
