@@ -33,6 +33,7 @@ from diffusers_bit.training.components import (
 )
 from diffusers_bit.training.data import SKIP_REASONS, SkipStats
 from diffusers_bit.training.latent_store import LatentStoreWriter, existing_store_files, read_part_infos, write_header
+from diffusers_bit.training.script_utils import end_run
 from diffusers_bit.training.utils import accelerator_cpu_flag, weight_dtype_for
 
 logger = get_logger(__name__, log_level="INFO")
@@ -164,8 +165,7 @@ def main(args: argparse.Namespace) -> dict:
         logger.info(f"Wrote {header['num_images']} latents ({header['bytes_per_image']} bytes each, {num_tokens} tokens x "
                     f"{bits_per_token} bits) to {output_dir} in {time.time() - started:.1f}s; skipped records: "
                     f"{skipped.summary()}")  # fmt: skip
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
+    end_run(accelerator)
     return header or {}
 
 

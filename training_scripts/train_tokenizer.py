@@ -85,6 +85,7 @@ from diffusers_bit.training.script_utils import (
     check_common_args,
     check_resumed_topology,
     common_hyperparameters,
+    end_run,
     get_lr_scheduler,
     log_skipped,
     make_accelerator,
@@ -714,7 +715,7 @@ def main(args: argparse.Namespace) -> dict:
             upload_training_folder(output_dir, repo_id, token=args.hub_token, commit_message="End of training")
             logger.info(f"Uploaded {output_dir} to {repo_id}")
         logger.info(f"Saved the tokenizer to {output_dir} in {time.time() - started:.1f}s")
-    accelerator.end_training()
+    end_run(accelerator)
     return results
 
 
