@@ -12,6 +12,7 @@ import torch
 
 from diffusers_bit import InstellaARPipeline, InstellaT2IPipeline, build_pipeline
 from diffusers_bit.pipelines.pipeline_instella_common import InstellaPipelineBase
+from utils import tiny_bert_text_components
 
 STEPS = 3
 
@@ -302,19 +303,7 @@ def test_empty_prompts_everywhere(t2i):
 
 
 def test_bert_style_text_encoder():
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
-
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"] + list("abcdefghijklmnopqrstuvwxyz") + ["red", "cat", "dog"]
-    core = Tokenizer(models.WordPiece({w: i for i, w in enumerate(vocab)}, unk_token="[UNK]"))
-    core.normalizer = normalizers.BertNormalizer()
-    core.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    core.post_processor = processors.BertProcessing(("[SEP]", 3), ("[CLS]", 2))
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="[PAD]", unk_token="[UNK]",
-                                        cls_token="[CLS]", sep_token="[SEP]", model_max_length=128)  # fmt: skip
-    torch.manual_seed(0)
-    bert = BertModel(BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                intermediate_size=64, max_position_embeddings=128)).eval()  # fmt: skip
+    tokenizer, bert = tiny_bert_text_components()
     pipe = build_pipeline("tiny", "diffusion", seed=0, text_encoder=bert, tokenizer=tokenizer)
     pipe.set_progress_bar_config(disable=True)
     embeds, mask, _, _ = pipe.encode_prompt(["red cat", "a red dog on a cat"], do_classifier_free_guidance=False)

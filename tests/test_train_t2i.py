@@ -30,6 +30,7 @@ from diffusers_bit import InstellaARPipeline, InstellaT2IPipeline
 from diffusers_bit.training import BatchDataset, ImageCaptionProcessor, LatentStore, build_source, collate_images
 from diffusers_bit.training.checkpointing import FAULT_ENV, latest_checkpoint
 from diffusers_bit.training.components import load_image_tokenizer, plan_components
+from utils import tiny_bert_text_components
 
 train_t2i = load_script("train_t2i")
 precompute = load_script("precompute_latents")
@@ -149,11 +150,33 @@ def test_components_from_a_pipeline_folder_and_any_text_encoder(images, workdir,
                          intermediate_size=48, max_position_embeddings=128)).save_pretrained(str(bert))  # fmt: skip
     out = tmp_path / "with_bert"
     train(base_args(images, workdir, out, **{"--model": "ar", "--text_encoder": bert, "--max_train_steps": 2,
-                                             "--pretrained_model_name_or_path": source}))  # fmt: skip
+                                             "--pretrained_model_name_or_path": source,
+                                             "--cache_text_features": True}))  # fmt: skip
     pipe = InstellaARPipeline.from_pretrained(str(out))
     assert type(pipe.text_encoder).__name__ == "BertModel"
     assert (pipe.transformer.config.text_embed_dim, pipe.transformer.config.text_num_layers) == (24, 3)
     assert_same_weights(source / "image_tokenizer", out / "image_tokenizer")
+
+
+def test_text_feature_cache_equals_batched_encoding_and_encodes_each_caption_once():
+    from diffusers_bit import build_pipeline
+    from diffusers_bit.training import TextFeatureCache, encode_text
+
+    tokenizer, bert = tiny_bert_text_components()
+    pipe = build_pipeline("tiny", "diffusion", seed=0, text_encoder=bert, tokenizer=tokenizer)
+    encoded = []
+    bert.register_forward_hook(lambda module, args, output: encoded.append(len(output.last_hidden_state)))
+    cache = TextFeatureCache(pipe, "cpu")
+    for captions, new_captions in ((["red cat", "", "a red dog on a cat"], 3), (["", "dog", "red cat", "red cat"], 1)):
+        encoded.clear()
+        embeds, mask = cache(captions)
+        assert encoded == [new_captions]  # only captions not seen before reach the encoder
+        expected_embeds, expected_mask = encode_text(pipe, captions, "cpu")
+        assert torch.equal(mask, expected_mask)
+        torch.testing.assert_close(embeds, expected_embeds, atol=1e-5, rtol=1e-5)
+    assert len(cache) == 4
+    with pytest.raises(ValueError, match="cache_text_features.*decoder-only"):
+        TextFeatureCache(build_pipeline("tiny", "diffusion", seed=0), "cpu")  # tiny OLMo: left padding
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -42,6 +42,7 @@ from diffusers_bit.training import (
     collate_latents,
     derive_seed,
     diffusion_loss,
+    TextFeatureCache,
     encode_text,
     load_checkpoint,
     process_latent_record,
@@ -109,6 +110,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     group.add_argument("--image_tokenizer", type=str, default=None,
                        help="A BinaryLatentTokenizer folder or repo (overrides the pipeline's image tokenizer).")
     group.add_argument("--max_sequence_length", type=int, default=128, help="Prompt truncation (paper: 128).")
+    group.add_argument("--cache_text_features", action="store_true",
+                       help="Encode each distinct caption once and reuse its features (BERT-style encoders with right "
+                            "padding only; exact there, refused for decoder-only LMs). Saves the text encoder's time "
+                            "when captions repeat.")
     group.add_argument("--cache_dir", type=str, default=None, help="Cache of downloaded models and data sets.")
 
     group = parser.add_argument_group("data")
@@ -350,6 +355,10 @@ def main(args: argparse.Namespace) -> dict:
     progress_bar = tqdm(range(args.max_train_steps), initial=global_step, desc="Steps",
                         disable=not accelerator.is_local_main_process)  # fmt: skip
     device = accelerator.device
+    if args.cache_text_features:
+        text_features = TextFeatureCache(pipe, device, args.max_sequence_length)
+    else:
+        text_features = lambda captions: encode_text(pipe, captions, device, args.max_sequence_length)  # noqa: E731
     pending_losses, pending_accuracy, logged_skips = [], [], 0
     loss_history = []  # (step, loss) of this run, returned to callers (tests, notebooks)
     run_started, train_time_before = time.time(), state["train_time"]
@@ -392,7 +401,7 @@ def main(args: argparse.Namespace) -> dict:
                         pixels = batch["pixel_values"].to(device, dtype=weight_dtype, non_blocking=True)
                         bits = image_tokenizer.encode(pixels, sample=False).bits.float()
                     captions = apply_prompt_dropout(batch["captions"], args.prompt_dropout, dropout_rng)
-                    text_embeds, text_mask = encode_text(pipe, captions, device, args.max_sequence_length)
+                    text_embeds, text_mask = text_features(captions)
                 if args.model == "diffusion":
                     loss, metrics = diffusion_loss(transformer, noise_scheduler, bits, text_embeds, text_mask,
                                                    noise_generator)  # fmt: skip

@@ -39,5 +39,11 @@ from .discriminator import (
 )
 from .hub import create_hub_repo, upload_training_folder, write_model_card
 from .latent_store import LatentStore, LatentStoreWriter, collate_latents, process_latent_record, write_header
-from .objectives import apply_prompt_dropout, autoregressive_loss, diffusion_loss, encode_text
+from .objectives import (
+    TextFeatureCache,
+    apply_prompt_dropout,
+    autoregressive_loss,
+    diffusion_loss,
+    encode_text,
+)
 from .perceptual import LPIPS, load_perceptual_model

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..pipelines.pipeline_instella_common import is_causal_text_encoder
 from ..schedulers import BernoulliScheduler
 
 
@@ -30,6 +31,49 @@ def encode_text(pipeline, captions: Sequence[str], device, max_sequence_length: 
         list(captions), do_classifier_free_guidance=False, device=device, max_sequence_length=max_sequence_length
     )
     return embeds, mask
+
+
+
+class TextFeatureCache:
+    r"""Per-caption text features of a frozen text encoder, computed once per distinct caption and re-padded per
+    batch: the text encoder then runs only on captions it has not seen (a large saving for data sets whose captions
+    repeat, e.g. synthetic ones, and for the `""` of prompt dropout).
+
+    Exact only for encoders whose features of real tokens do not depend on the padding: BERT-style encoders with right
+    padding and an attention mask. Decoder-only LMs are left-padded (as the authors do), which shifts their positions,
+    so they are refused. Cached features live on `device`; memory is `L * T * C` values per distinct caption.
+    """
+
+    def __init__(self, pipeline, device, max_sequence_length: int = 128):
+        if is_causal_text_encoder(pipeline.text_encoder):
+            raise ValueError(
+                "--cache_text_features needs a text encoder that masks right padding (BERT-style); "
+                f"{type(pipeline.text_encoder).__name__} is a decoder-only LM whose left-padded features depend on the "
+                "batch, so its features cannot be cached per caption"
+            )
+        self.pipeline, self.device, self.max_sequence_length = pipeline, device, max_sequence_length
+        self.features: dict[str, torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    @torch.no_grad()
+    def __call__(self, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Same contract as [`encode_text`]: `(L, B, T, C)` features (padding zero) and the `(B, T)` mask."""
+        missing = list(dict.fromkeys(c for c in captions if c not in self.features))
+        if missing:
+            embeds, mask = encode_text(self.pipeline, missing, self.device, self.max_sequence_length)
+            for index, caption in enumerate(missing):
+                self.features[caption] = embeds[:, index, : int(mask[index].sum())].clone()
+        rows = [self.features[c] for c in captions]
+        length = max(1, max(row.shape[1] for row in rows))
+        first = rows[0]
+        embeds = first.new_zeros(first.shape[0], len(rows), length, first.shape[2])
+        mask = torch.zeros(len(rows), length, dtype=torch.long, device=first.device)
+        for index, row in enumerate(rows):
+            embeds[:, index, : row.shape[1]] = row
+            mask[index, : row.shape[1]] = 1
+        return embeds, mask
 
 
 def diffusion_loss(
