@@ -210,8 +210,13 @@ def test_precomputed_latents_store_and_training(images, workdir, tmp_path):
     assert run_precompute(common + ["--overwrite"])["num_images"] == 4
 
     # training from the store = training on the fly from the same images (same bits, order, captions, noise)
+    # (the resolution comes from the store: the default 512 would not be a size of the tiny tokenizer)
     from_store = train(base_args(images, workdir, tmp_path / "from_store", **{"--train_data_dir": None,
-                                                                             "--latents_dir": store_dir}))  # fmt: skip
+                                                                             "--latents_dir": store_dir,
+                                                                             "--resolution": None}))  # fmt: skip
+    with pytest.raises(ValueError, match="--resolution 128 differs from the 64px"):
+        train(base_args(images, workdir, tmp_path / "x", **{"--train_data_dir": None, "--latents_dir": store_dir,
+                                                           "--resolution": 128}))  # fmt: skip
     on_the_fly = train(base_args(images, workdir, tmp_path / "on_the_fly"))
     assert from_store["loss_history"] == on_the_fly["loss_history"]
     assert_same_weights(tmp_path / "from_store" / "transformer", tmp_path / "on_the_fly" / "transformer")

@@ -18,6 +18,7 @@ a model card, tensorboard logs and the `checkpoint-<step>` folders.
 """
 
 import argparse
+import json
 import math
 import os
 import time
@@ -131,8 +132,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     group.add_argument("--streaming", action="store_true", help="Stream the data set instead of downloading/indexing it.")
     group.add_argument("--shuffle_buffer_size", type=int, default=1000, help="Shuffle buffer of streamed data.")
     group.add_argument("--max_train_samples", type=int, default=None, help="Use only this many records (debugging).")
-    group.add_argument("--resolution", type=int, default=512,
-                       help="Training resolution; must be one the image tokenizer encodes (512/768/1024 for the paper's).")
+    group.add_argument("--resolution", type=int, default=None,
+                       help="Training resolution; must be one the image tokenizer encodes (512/768/1024 for the paper's). "
+                            "Default: the latent store's with --latents_dir, else 512.")
     group.add_argument("--min_image_size", type=int, default=None,
                        help="Skip images whose shorter edge is smaller (default: resolution / 2 as in the paper; "
                             "0 keeps all).")
@@ -176,6 +178,13 @@ def validate_args(args: argparse.Namespace) -> None:
         raise ValueError("pass --preset (train from scratch) and/or --pretrained_model_name_or_path")
     if args.latents_dir and args.streaming:
         raise ValueError("--streaming does not apply to --latents_dir (a latent store is memory-mapped)")
+    if args.latents_dir:  # the store fixes the resolution the latents were encoded at
+        header = Path(args.latents_dir, "header.json")
+        stored = json.loads(header.read_text()).get("resolution") if header.is_file() else None
+        if args.resolution is not None and stored is not None and args.resolution != stored:
+            raise ValueError(f"--resolution {args.resolution} differs from the {stored}px of the --latents_dir store")
+        args.resolution = args.resolution or stored
+    args.resolution = args.resolution or 512
     check_common_args(args, positive=("max_sequence_length", "validation_inference_steps"))
     if not 0.0 <= args.prompt_dropout <= 1.0:
         raise ValueError(f"--prompt_dropout must be in [0, 1], got {args.prompt_dropout}")
