@@ -1,0 +1,555 @@
+# Copyright 2026 The diffusers-bit authors. Licensed under the Apache License, Version 2.0.
+r"""Reconstruction quality of the binary latent image tokenizer.
+
+[`evaluate_reconstruction`] encodes images once at the tokenizer's encoder input size, decodes the bits at every
+supported resolution and compares each decode with the source image resized to that resolution:
+
+- PSNR and SSIM ([`psnr`], [`ssim`]) always; both need nothing but torch and numpy. [`ssim`] is the standard
+  Gaussian-window SSIM of Wang et al. (2004) with the settings of `skimage.metrics.structural_similarity(...,
+  gaussian_weights=True, sigma=1.5, use_sample_covariance=False)`, and matches it to float precision.
+- rFID, LPIPS and CLIP image similarity only when local weights are given (no installable wheel ships them). Without
+  them the metric is reported as skipped, with the flag to pass, instead of failing.
+
+Offline test images: [`real_photographs`] reads the sample photographs that scikit-image, scikit-learn and
+matplotlib ship inside their wheels (whichever are installed; none of them is imported).
+
+Conventions: images for [`psnr`] / [`ssim`] are `uint8` (range 255) or floats in [0, 1] (range 1); numpy arrays and
+PIL images are channel-last, torch tensors channel-first.
+"""
+
+import importlib.util
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image
+
+logger = logging.getLogger(__name__)
+
+ImageLike = Union[np.ndarray, torch.Tensor, Image.Image]
+FeatureExtractor = Callable[[torch.Tensor], torch.Tensor]
+
+# Sample photographs shipped inside wheels: (name, distribution, top-level package, path inside the package).
+OFFLINE_PHOTOGRAPHS = (
+    ("astronaut", "scikit-image", "skimage", "data/astronaut.png"),
+    ("chelsea", "scikit-image", "skimage", "data/chelsea.png"),
+    ("coffee", "scikit-image", "skimage", "data/coffee.png"),
+    ("rocket", "scikit-image", "skimage", "data/rocket.jpg"),
+    ("motorcycle", "scikit-image", "skimage", "data/motorcycle_left.png"),
+    ("china", "scikit-learn", "sklearn", "datasets/images/china.jpg"),
+    ("flower", "scikit-learn", "sklearn", "datasets/images/flower.jpg"),
+    ("grace_hopper", "matplotlib", "matplotlib", "mpl-data/sample_data/grace_hopper.jpg"),
+)
+
+SKIP_MESSAGES = {
+    "rfid": "skipped: rFID needs Inception weights; pass --inception_weights PATH",
+    "lpips": "skipped: LPIPS needs VGG16 + LPIPS weights; pass --lpips_weights PATH",
+    "clip_similarity": "skipped: CLIP similarity needs a local CLIP model folder; pass --clip_model PATH",
+}
+_FLAGS = {"rfid": "--inception_weights", "lpips": "--lpips_weights", "clip_similarity": "--clip_model"}
+OPTIONAL_METRICS = ("rfid", "lpips", "clip_similarity")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# PSNR / SSIM
+# ----------------------------------------------------------------------------------------------------------------------
+def _as_batch(image: ImageLike, name: str) -> tuple[torch.Tensor, bool, bool]:
+    """`(B, C, H, W)` float64 tensor, whether the input was uint8, whether it was a batch."""
+    if isinstance(image, Image.Image):
+        image = np.asarray(image)
+    if isinstance(image, np.ndarray):
+        is_uint8 = image.dtype == np.uint8
+        if image.ndim not in (2, 3, 4):
+            raise ValueError(f"`{name}` must be (H, W), (H, W, C) or (N, H, W, C), got shape {image.shape}")
+        batched = image.ndim == 4
+        tensor = torch.from_numpy(np.array(image, dtype=np.float64))
+        tensor = tensor[..., None] if image.ndim == 2 else tensor
+        tensor = tensor.movedim(-1, -3)
+    elif isinstance(image, torch.Tensor):
+        is_uint8 = image.dtype == torch.uint8
+        if image.ndim not in (2, 3, 4):
+            raise ValueError(f"`{name}` must be (H, W), (C, H, W) or (B, C, H, W), got shape {tuple(image.shape)}")
+        batched = image.ndim == 4
+        tensor = image.detach().cpu().to(torch.float64)
+        tensor = tensor[None] if image.ndim == 2 else tensor
+    else:
+        raise TypeError(f"`{name}` must be a numpy array, torch tensor or PIL image, got {type(image).__name__}")
+    return (tensor if batched else tensor[None]), is_uint8, batched
+
+
+def _pair(a: ImageLike, b: ImageLike, data_range: Optional[float]) -> tuple[torch.Tensor, torch.Tensor, float, bool]:
+    x, x_uint8, batched = _as_batch(a, "a")
+    y, y_uint8, _ = _as_batch(b, "b")
+    if x.shape != y.shape:
+        raise ValueError(f"images must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+    if data_range is None:
+        if x_uint8 != y_uint8:
+            raise ValueError("one image is uint8 and the other is not; convert both or pass `data_range`")
+        data_range = 255.0 if x_uint8 else 1.0
+    if data_range <= 0:
+        raise ValueError(f"`data_range` must be positive, got {data_range}")
+    return x, y, float(data_range), batched
+
+
+def _psnr_batch(x: torch.Tensor, y: torch.Tensor, data_range: float) -> torch.Tensor:
+    mse = (x - y).pow(2).flatten(1).mean(dim=1)
+    return torch.where(mse > 0, 10 * torch.log10(data_range**2 / mse), torch.full_like(mse, math.inf))
+
+
+def _gaussian_window(sigma: float = 1.5, truncate: float = 3.5) -> torch.Tensor:
+    radius = int(truncate * sigma + 0.5)
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    window = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    return window / window.sum()
+
+
+def _ssim_batch(x: torch.Tensor, y: torch.Tensor, data_range: float, sigma: float = 1.5) -> torch.Tensor:
+    window = _gaussian_window(sigma)
+    size, channels = window.numel(), x.shape[1]
+    if min(x.shape[-2:]) < size:
+        raise ValueError(f"SSIM needs images of at least {size}x{size} pixels, got {tuple(x.shape[-2:])}")
+    rows = window.view(1, 1, size, 1).repeat(channels, 1, 1, 1)
+    cols = window.view(1, 1, 1, size).repeat(channels, 1, 1, 1)
+
+    def blur(t):  # separable Gaussian, valid region only (= skimage's filter followed by its border crop)
+        return F.conv2d(F.conv2d(t, rows, groups=channels), cols, groups=channels)
+
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    mu_x, mu_y = blur(x), blur(y)
+    var_x = blur(x * x) - mu_x**2
+    var_y = blur(y * y) - mu_y**2
+    cov = blur(x * y) - mu_x * mu_y
+    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+    return ssim_map.mean(dim=(1, 2, 3))
+
+
+def _result(values: torch.Tensor, batched: bool) -> Union[float, np.ndarray]:
+    return values.numpy() if batched else float(values[0])
+
+
+def psnr(a: ImageLike, b: ImageLike, data_range: Optional[float] = None) -> Union[float, np.ndarray]:
+    r"""Peak signal-to-noise ratio in dB, `10 * log10(data_range**2 / MSE)`, over all pixels and channels.
+
+    Args:
+        a, b: Images of the same shape: numpy arrays / PIL images `(H, W)`, `(H, W, C)` or a batch `(N, H, W, C)`;
+            torch tensors `(H, W)`, `(C, H, W)` or a batch `(B, C, H, W)`. Either both `uint8` or both floats in
+            [0, 1].
+        data_range (`float`, *optional*): Peak value; defaults to 255 for `uint8` and 1.0 for floats.
+
+    Returns:
+        A float (`inf` for identical images), or for a batch a `(B,)` numpy array of per-image values.
+    """
+    x, y, data_range, batched = _pair(a, b, data_range)
+    return _result(_psnr_batch(x, y, data_range), batched)
+
+
+def ssim(a: ImageLike, b: ImageLike, data_range: Optional[float] = None) -> Union[float, np.ndarray]:
+    r"""Structural similarity (Wang et al. 2004) with an 11x11 Gaussian window (sigma 1.5), `K1 = 0.01`,
+    `K2 = 0.03`, population (co)variances, averaged over the window positions inside the image and over channels.
+    Equal to `skimage.metrics.structural_similarity(a, b, data_range=..., channel_axis=-1, gaussian_weights=True,
+    sigma=1.5, use_sample_covariance=False)`.
+
+    Args:
+        a, b: Images of at least 11x11 pixels, laid out as for [`psnr`]; `uint8` or floats in [0, 1].
+        data_range (`float`, *optional*): Defaults to 255 for `uint8` and 1.0 for floats.
+
+    Returns:
+        A float in [-1, 1] (1 for identical images), or for a batch a `(B,)` numpy array.
+    """
+    x, y, data_range, batched = _pair(a, b, data_range)
+    return _result(_ssim_batch(x, y, data_range), batched)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Images
+# ----------------------------------------------------------------------------------------------------------------------
+def center_crop_resize(image: ImageLike, size: int) -> np.ndarray:
+    r"""Center-crop an image to a square and resize it to `size x size` with PIL's antialiased Lanczos filter.
+
+    Args:
+        image: PIL image, `uint8` numpy array `(H, W)` / `(H, W, C)`, or a path to an image file.
+
+    Returns:
+        `uint8` RGB array `(size, size, 3)`.
+    """
+    if isinstance(image, (str, os.PathLike)):
+        with Image.open(image) as opened:
+            image = opened.convert("RGB")
+    elif isinstance(image, np.ndarray):
+        if image.dtype != np.uint8:
+            raise ValueError(f"numpy images must be uint8, got {image.dtype}")
+        image = Image.fromarray(image)
+    elif not isinstance(image, Image.Image):
+        raise TypeError(f"expected a PIL image, uint8 numpy array or path, got {type(image).__name__}")
+    image = image.convert("RGB")
+    width, height = image.size
+    side = min(width, height)
+    left, top = (width - side) // 2, (height - side) // 2
+    image = image.crop((left, top, left + side, top + side))
+    if side != size:
+        image = image.resize((size, size), Image.Resampling.LANCZOS)
+    return np.asarray(image, dtype=np.uint8).copy()
+
+
+def _package_dir(package: str) -> Optional[Path]:
+    """Folder of an installed top-level package, found without importing it."""
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def real_photographs(size: Optional[int] = None) -> dict[str, np.ndarray]:
+    r"""Photographs available offline inside installed wheels (see `OFFLINE_PHOTOGRAPHS`): scikit-image's
+    astronaut, chelsea, coffee, rocket and motorcycle (left stereo view); scikit-learn's china and flower; matplotlib's
+    grace_hopper. Packages that are not installed are skipped; the files are read with PIL, the packages are never
+    imported.
+
+    Args:
+        size (`int`, *optional*): Center-crop to a square and resize to `size x size` (antialiased). By default the
+            photographs keep their original size.
+
+    Returns:
+        `dict` name -> `uint8` RGB array `(H, W, 3)`, in the order of `OFFLINE_PHOTOGRAPHS`.
+    """
+    photos = {}
+    for name, _, package, relative in OFFLINE_PHOTOGRAPHS:
+        root = _package_dir(package)
+        path = None if root is None else root / relative
+        if path is None or not path.is_file():
+            continue
+        with Image.open(path) as image:
+            rgb = image.convert("RGB")
+        photos[name] = center_crop_resize(rgb, size) if size is not None else np.asarray(rgb, dtype=np.uint8).copy()
+    return photos
+
+
+def load_image_folder(folder: Union[str, os.PathLike], limit: Optional[int] = None) -> dict[str, np.ndarray]:
+    r"""The PNG / JPEG images of a folder, sorted by file name, as `dict` file stem -> `uint8` RGB array."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"{str(folder)!r} is not a folder")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+    images = {}
+    for path in files[:limit]:
+        with Image.open(path) as image:
+            images[path.stem] = np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
+    return images
+
+
+def _named_images(images: Union[Mapping[str, ImageLike], Sequence[ImageLike]]) -> tuple[list[str], list]:
+    if isinstance(images, Mapping):
+        return [str(k) for k in images], list(images.values())
+    images = list(images)
+    return [f"image_{i}" for i in range(len(images))], images
+
+
+def _to_model_input(images: list[np.ndarray]) -> torch.Tensor:
+    """uint8 `(H, W, 3)` arrays -> float32 `(B, 3, H, W)` in [0, 1]."""
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255.0
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Optional metrics (need local weights)
+# ----------------------------------------------------------------------------------------------------------------------
+def skip_message(metric: str, path: Optional[Union[str, os.PathLike]] = None) -> str:
+    """Why `metric` (`"rfid"`, `"lpips"`, `"clip_similarity"`) is skipped, naming the flag that enables it."""
+    if path is None:
+        return SKIP_MESSAGES[metric]
+    return f"{SKIP_MESSAGES[metric]}; {_FLAGS[metric]} {str(path)!r} does not exist"
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+    r"""Fréchet distance between the Gaussians `N(mu1, sigma1)` and `N(mu2, sigma2)`:
+    `|mu1 - mu2|^2 + tr(sigma1) + tr(sigma2) - 2 tr((sigma1 sigma2)^(1/2))`.
+
+    The trace of the matrix square root is taken from the eigenvalues of the symmetric PSD matrix
+    `sigma1^(1/2) sigma2 sigma1^(1/2)` (same spectrum as `sigma1 sigma2`), so it stays real for singular covariances
+    (fewer samples than feature dimensions). Computed in float64.
+    """
+    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
+    sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != (mu1.size, mu1.size):
+        raise ValueError(f"inconsistent shapes: mu {mu1.shape}, {mu2.shape}; sigma {sigma1.shape}, {sigma2.shape}")
+
+    def psd_sqrt(matrix):
+        values, vectors = np.linalg.eigh((matrix + matrix.T) / 2)
+        return (vectors * np.sqrt(np.clip(values, 0, None))) @ vectors.T
+
+    root1 = psd_sqrt(sigma1)
+    middle = root1 @ sigma2 @ root1
+    trace_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh((middle + middle.T) / 2), 0, None)).sum()
+    distance = np.sum((mu1 - mu2) ** 2) + np.trace(sigma1) + np.trace(sigma2) - 2 * trace_sqrt
+    return float(max(distance, 0.0))
+
+
+def feature_statistics(features: Union[np.ndarray, torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
+    """Mean `(D,)` and covariance `(D, D)` (unbiased, `N - 1`) of features `(N, D)`, float64."""
+    features = features.detach().cpu().double().numpy() if isinstance(features, torch.Tensor) else features
+    features = np.asarray(features, np.float64)
+    if features.ndim != 2 or features.shape[0] < 2:
+        raise ValueError(f"need features (N >= 2, D), got shape {features.shape}")
+    return features.mean(axis=0), np.cov(features, rowvar=False).reshape(features.shape[1], features.shape[1])
+
+
+class TorchScriptInception:
+    r"""Inception feature extractor from a TorchScript file, e.g. the `inception-2015-12-05.pt` of the StyleGAN2-ADA
+    / StyleGAN3 metrics (the TensorFlow FID Inception graph ported to TorchScript). It is called the way those
+    projects call it: `module(images_uint8_nchw, return_features=True)` -> `(B, 2048)` pool features (the module
+    resizes to 299 itself); modules without that keyword are called with the images alone.
+
+    Only this calling convention is checked here: the tests exercise [`frechet_distance`] with a random network.
+    """
+
+    def __init__(self, path: Union[str, os.PathLike], device: Union[str, torch.device] = "cpu"):
+        self.module = torch.jit.load(str(path), map_location=device).eval()
+        self.device = torch.device(device)
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """`images` float `(B, 3, H, W)` in [0, 1] -> features `(B, D)`."""
+        pixels = (images.float().clamp(0, 1) * 255).round().to(torch.uint8).to(self.device)
+        try:
+            features = self.module(pixels, return_features=True)
+        except (RuntimeError, TypeError):
+            features = self.module(pixels)
+        return features.float().flatten(1)
+
+
+def load_inception(
+    inception_weights: Optional[Union[str, os.PathLike]], device: Union[str, torch.device] = "cpu"
+) -> Optional[TorchScriptInception]:
+    r"""The rFID feature extractor from a local TorchScript Inception file (see [`TorchScriptInception`]), or `None`
+    (with a logged message) when no path is given or the path does not exist."""
+    if inception_weights is None or not Path(inception_weights).exists():
+        logger.warning(skip_message("rfid", inception_weights))
+        return None
+    return TorchScriptInception(inception_weights, device)
+
+
+def load_lpips(lpips_weights: Optional[Union[str, os.PathLike]], device: Union[str, torch.device] = "cpu"):
+    r"""The project's LPIPS-VGG network ([`~diffusers_bit.training.perceptual.LPIPS`]) from local weights (any layout
+    `LPIPS.from_pretrained` accepts), or `None` (with a logged message) when no path is given or it does not exist."""
+    if lpips_weights is None or not Path(lpips_weights).exists():
+        logger.warning(skip_message("lpips", lpips_weights))
+        return None
+    from ..training.perceptual import LPIPS
+
+    return LPIPS.from_pretrained(lpips_weights).to(device)
+
+
+class CLIPImageSimilarity:
+    r"""Cosine similarity of CLIP image embeddings of a reconstruction and its source ("CLIP-I"), from a local
+    `transformers` CLIP folder (`CLIPModel` weights plus its image processor config)."""
+
+    def __init__(self, model, processor, device: Union[str, torch.device] = "cpu"):
+        self.model = model.to(device).eval()
+        self.processor = processor
+        self.device = torch.device(device)
+
+    @classmethod
+    def from_pretrained(cls, folder: Union[str, os.PathLike], device: Union[str, torch.device] = "cpu"):
+        from transformers import CLIPImageProcessor, CLIPModel
+
+        model = CLIPModel.from_pretrained(str(folder), local_files_only=True)
+        processor = CLIPImageProcessor.from_pretrained(str(folder), local_files_only=True)
+        return cls(model, processor, device)
+
+    @torch.no_grad()
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """`images` float `(B, 3, H, W)` in [0, 1] -> unit-norm embeddings `(B, D)`."""
+        arrays = list((images.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
+        pixels = self.processor(images=arrays, return_tensors="pt")["pixel_values"].to(self.device)
+        features = self.model.get_image_features(pixel_values=pixels)
+        features = getattr(features, "pooler_output", features)
+        return F.normalize(features.float(), dim=-1)
+
+    def __call__(self, images: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
+        """Per-image cosine similarity `(B,)` between two batches in [0, 1]."""
+        return (self.embed(images) * self.embed(references)).sum(dim=-1).cpu()
+
+
+def load_clip(
+    clip_model: Optional[Union[str, os.PathLike]], device: Union[str, torch.device] = "cpu"
+) -> Optional[CLIPImageSimilarity]:
+    r"""[`CLIPImageSimilarity`] from a local folder, or `None` (with a logged message) when no folder is given, it
+    does not exist or `transformers` cannot load a `CLIPModel` from it."""
+    if clip_model is None or not Path(clip_model).exists():
+        logger.warning(skip_message("clip_similarity", clip_model))
+        return None
+    try:
+        return CLIPImageSimilarity.from_pretrained(clip_model, device)
+    except (OSError, ValueError, KeyError) as error:
+        logger.warning("%s; %r does not load as a CLIPModel (%s)", SKIP_MESSAGES["clip_similarity"],
+                       str(clip_model), error)  # fmt: skip
+        return None
+
+
+def _resolve(metric: str, value, loader, device) -> tuple[Any, Optional[str]]:
+    """`(metric object, None)` from a path or an already-loaded object, or `(None, skip message)`."""
+    if value is None:
+        return None, skip_message(metric)
+    if not isinstance(value, (str, os.PathLike)):
+        return value, None
+    if not Path(value).exists():
+        return None, skip_message(metric, value)
+    loaded = loader(value, device)
+    if loaded is None:
+        return None, f"{SKIP_MESSAGES[metric]}; {str(value)!r} could not be loaded"
+    return loaded, None
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Evaluation
+# ----------------------------------------------------------------------------------------------------------------------
+def _mean(values: Sequence[float]) -> float:
+    return float(np.mean(values)) if len(values) else float("nan")
+
+
+@torch.no_grad()
+def evaluate_reconstruction(
+    tokenizer,
+    images: Union[Mapping[str, ImageLike], Sequence[ImageLike]],
+    resolutions: Optional[Sequence[int]] = None,
+    batch_size: int = 8,
+    input_size: Optional[int] = None,
+    inception_weights: Optional[Union[str, os.PathLike, FeatureExtractor]] = None,
+    lpips_weights: Optional[Union[str, os.PathLike, nn.Module]] = None,
+    clip_model: Optional[Union[str, os.PathLike, CLIPImageSimilarity]] = None,
+) -> dict[str, Any]:
+    r"""Reconstruction quality of a [`BinaryLatentTokenizer`] at every resolution it decodes.
+
+    Each image is center-cropped to a square and resized (antialiased) to `input_size`, encoded to bits (thresholded,
+    no sampling) and decoded at each resolution `R`; the decode, clamped to [0, 1] and rounded to 8 bits like a saved
+    PNG, is compared with the source image center-cropped and resized directly to `R x R`. The tokenizer runs in eval
+    mode under `torch.no_grad` on its own device and dtype (its train/eval mode is restored afterwards); metrics are
+    computed in float32/float64 on the CPU.
+
+    Args:
+        tokenizer ([`BinaryLatentTokenizer`]): The image tokenizer.
+        images: `dict` name -> image, or a sequence of images (named `image_0`, ...): `uint8` arrays `(H, W[, C])`,
+            PIL images or paths, any size.
+        resolutions (`list[int]`, *optional*): Decode resolutions; default: all of `config.sample_sizes` (or
+            `[input_size]` for a tokenizer without a size list).
+        batch_size (`int`, defaults to 8): Images per encode/decode batch.
+        input_size (`int`, *optional*): Encoder input side; default: the smallest of `config.sample_sizes` (or
+            `tokenizer.default_size` when the tokenizer has no size list). Must be a size the encoder accepts.
+        inception_weights, lpips_weights, clip_model (*optional*): Local weight paths (or already-loaded metric
+            objects: a feature extractor `(B, 3, H, W) in [0, 1] -> (B, D)`, an LPIPS module taking [-1, 1] inputs,
+            a [`CLIPImageSimilarity`]). Metrics without weights are reported as `None` with a message in
+            `report["skipped"]`. rFID needs at least 2 images and is strongly biased for small sets.
+
+    Returns:
+        `dict` with `input_size`, `num_images`, `image_names`, `skipped` (metric -> message) and `resolutions`:
+        `{str(R): {"psnr", "ssim", "rfid", "lpips", "clip_similarity", "per_image": {"psnr": [...], "ssim": [...],
+        ...}}}` (means over images; optional metrics `None` when skipped).
+    """
+    names, sources = _named_images(images)
+    if not sources:
+        raise ValueError("`images` is empty")
+    if batch_size < 1:
+        raise ValueError(f"`batch_size` must be >= 1, got {batch_size}")
+    sizes = tokenizer.supported_sizes
+    if input_size is None:
+        input_size = min(sizes) if sizes else tokenizer.default_size
+    resolutions = list(resolutions) if resolutions else (list(sizes) if sizes else [input_size])
+    for resolution in resolutions:
+        tokenizer._output_size(int(resolution), int(resolution))  # validates every size before any work
+
+    device = tokenizer.device
+    inception, skip_fid = _resolve("rfid", inception_weights, load_inception, device)
+    lpips, skip_lpips = _resolve("lpips", lpips_weights, load_lpips, device)
+    clip, skip_clip = _resolve("clip_similarity", clip_model, load_clip, device)
+    skipped = {k: v for k, v in (("rfid", skip_fid), ("lpips", skip_lpips), ("clip_similarity", skip_clip)) if v}
+    if inception is not None and len(sources) < 2:
+        inception, skipped["rfid"] = None, "skipped: rFID needs at least 2 images"
+
+    per_image = {r: {"psnr": [], "ssim": []} for r in resolutions}
+    for r in resolutions:
+        if lpips is not None:
+            per_image[r]["lpips"] = []
+        if clip is not None:
+            per_image[r]["clip_similarity"] = []
+    features = {r: ([], []) for r in resolutions}
+
+    was_training = tokenizer.training
+    tokenizer.eval()
+    try:
+        for start in range(0, len(sources), batch_size):
+            batch = sources[start : start + batch_size]
+            inputs = _to_model_input([center_crop_resize(image, input_size) for image in batch])
+            bits = tokenizer.encode(inputs.to(device) * 2 - 1, sample=False).bits
+            for r in resolutions:
+                decoded = tokenizer.decode(bits, r, r).sample.float().cpu()
+                recon = ((decoded + 1) / 2).clamp(0, 1).mul(255).round().div(255)
+                target = _to_model_input([center_crop_resize(image, r) for image in batch])
+                x, y = recon.double(), target.double()
+                per_image[r]["psnr"] += _psnr_batch(x, y, 1.0).tolist()
+                per_image[r]["ssim"] += _ssim_batch(x, y, 1.0).tolist()
+                if lpips is not None:
+                    values = lpips(recon.to(device) * 2 - 1, target.to(device) * 2 - 1, reduction="none")
+                    per_image[r]["lpips"] += values.float().cpu().tolist()
+                if clip is not None:
+                    per_image[r]["clip_similarity"] += clip(recon, target).float().tolist()
+                if inception is not None:
+                    features[r][0].append(inception(target.to(device)).float().cpu())
+                    features[r][1].append(inception(recon.to(device)).float().cpu())
+    finally:
+        tokenizer.train(was_training)
+
+    results = {}
+    for r in resolutions:
+        entry = {metric: _mean(per_image[r][metric]) for metric in ("psnr", "ssim")}
+        for metric in ("lpips", "clip_similarity"):
+            entry[metric] = _mean(per_image[r][metric]) if metric in per_image[r] else None
+        entry["rfid"] = None
+        if inception is not None:
+            real, fake = (feature_statistics(torch.cat(f)) for f in features[r])
+            entry["rfid"] = frechet_distance(*real, *fake)
+        entry["per_image"] = per_image[r]
+        results[str(r)] = entry
+    return {
+        "input_size": int(input_size),
+        "num_images": len(sources),
+        "image_names": names,
+        "skipped": skipped,
+        "resolutions": results,
+    }
+
+
+def _cell(value: Optional[float], digits: int) -> str:
+    if value is None:
+        return "skipped"
+    if math.isinf(value):
+        return "inf"
+    return f"{value:.{digits}f}"
+
+
+def format_reconstruction_report(report: Mapping[str, Any]) -> str:
+    r"""Markdown table of one [`evaluate_reconstruction`] result, or of `{"datasets": {name: result, ...}}`: one row
+    per data set and resolution; columns PSNR (dB), SSIM, rFID, LPIPS and CLIP-I ("skipped" without weights), followed
+    by the skip messages."""
+    datasets = report["datasets"] if "datasets" in report else {"images": report}
+    lines = [
+        "| data set | images | input | resolution | PSNR (dB) | SSIM | rFID | LPIPS | CLIP-I |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    messages = {}
+    for name, result in datasets.items():
+        for resolution, entry in result["resolutions"].items():
+            cells = [_cell(entry["psnr"], 2), _cell(entry["ssim"], 4), _cell(entry.get("rfid"), 2),
+                     _cell(entry.get("lpips"), 4), _cell(entry.get("clip_similarity"), 4)]  # fmt: skip
+            lines.append(f"| {name} | {result['num_images']} | {result['input_size']} | {resolution} | "
+                         + " | ".join(cells) + " |")  # fmt: skip
+        messages.update(result.get("skipped", {}))
+    notes = [f"- {messages[metric]}" for metric in OPTIONAL_METRICS if metric in messages]
+    return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
