@@ -1,0 +1,1 @@
+"""Speed and memory benchmarks of diffusers-bit. Run `python benchmarks/run_benchmarks.py --help`."""
