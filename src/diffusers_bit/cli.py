@@ -1,5 +1,5 @@
 # Copyright 2026 The diffusers-bit authors. Licensed under the Apache License, Version 2.0.
-"""`diffusers-bit` command line: `demo` (offline, no downloads), `generate`, `convert`."""
+"""`diffusers-bit` command line: `demo` (offline, no downloads), `generate`, `convert` and the evaluations."""
 
 import argparse
 import json
@@ -86,6 +86,103 @@ def cmd_convert(args) -> None:
         print(f"{name}: {folder}")
 
 
+def _load_image_tokenizer(path: str):
+    """A `BinaryLatentTokenizer` from a tokenizer folder, or a pipeline folder with an `image_tokenizer` subfolder."""
+    from .models import BinaryLatentTokenizer
+
+    root = Path(path)
+    if (root / "image_tokenizer" / "config.json").is_file():
+        return BinaryLatentTokenizer.from_pretrained(str(root), subfolder="image_tokenizer")
+    if root.exists() and not (root / "config.json").is_file():
+        raise ValueError(f"{path} holds neither an image tokenizer (config.json) nor an image_tokenizer/ subfolder")
+    return BinaryLatentTokenizer.from_pretrained(path)
+
+
+def cmd_eval_reconstruction(args) -> None:
+    from .evaluation.reconstruction import (
+        evaluate_reconstruction,
+        format_reconstruction_report,
+        load_image_folder,
+        real_photographs,
+    )
+
+    if not args.shapes_dir and not args.photos:
+        raise ValueError("nothing to evaluate: pass --shapes_dir DIR and/or --photos")
+    if args.output:
+        _refuse_existing(Path(args.output), args.overwrite)
+    tokenizer = _load_image_tokenizer(args.image_tokenizer)
+    if args.dtype not in (None, "keep"):
+        tokenizer.to(_dtype(args.dtype))
+    if args.device:
+        tokenizer.to(args.device)
+    datasets = {}
+    if args.shapes_dir:
+        folder = Path(args.shapes_dir)
+        folder = folder / args.split if (folder / args.split).is_dir() else folder
+        datasets["shapes"] = load_image_folder(folder, args.num_images)
+        if not datasets["shapes"]:
+            raise ValueError(f"no PNG or JPEG images in {folder}")
+    if args.photos:
+        photos = real_photographs()
+        if not photos:
+            raise ValueError("no offline photographs found: `pip install scikit-image` (or scikit-learn, matplotlib)")
+        datasets["photos"] = dict(list(photos.items())[: args.num_images])
+    report = {"image_tokenizer": str(args.image_tokenizer), "datasets": {}}
+    for name, images in datasets.items():
+        report["datasets"][name] = evaluate_reconstruction(
+            tokenizer, images, resolutions=args.resolutions, batch_size=args.batch_size, input_size=args.input_size,
+            inception_weights=args.inception_weights, lpips_weights=args.lpips_weights, clip_model=args.clip_model,
+        )  # fmt: skip
+    print(format_reconstruction_report(report), end="")
+    if args.output:
+        output = Path(args.output)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(report, indent=2))
+        print(f"saved {output}")
+
+
+def cmd_shapes_data(args) -> None:
+    from .evaluation import write_shapes_dataset
+
+    result = write_shapes_dataset(args.output_dir, num_train=args.num_train, num_validation=args.num_validation,
+                                  num_test=args.num_test, size=args.size, seed=args.seed,
+                                  overwrite=args.overwrite)  # fmt: skip
+    counts = result["counts"]
+    print(f"wrote {counts['train']} train, {counts['validation']} validation and {counts['test']} test images "
+          f"({args.size}x{args.size}) to {result['output_dir']} in {result['seconds']:.1f}s")  # fmt: skip
+
+
+def cmd_shapes_eval(args) -> None:
+    from .evaluation import evaluate_images, format_report
+
+    folder = Path(args.images_dir)
+    metadata = folder / "metadata.jsonl"
+    if not metadata.is_file():
+        raise ValueError(f"{metadata} not found: --images_dir needs a metadata.jsonl with `file_name` and `text`")
+    if args.output:
+        _refuse_existing(Path(args.output), args.overwrite)
+    records = []
+    for number, line in enumerate(metadata.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        if "file_name" not in row or not (row.get("text") or row.get("spec")):
+            raise ValueError(f"{metadata}, line {number}: every row needs `file_name` and `text` (or `spec`)")
+        if not (folder / row["file_name"]).is_file():
+            raise ValueError(f"{metadata}, line {number}: {folder / row['file_name']} does not exist")
+        records.append({"image": str(folder / row["file_name"]), "file_name": row["file_name"],
+                        "text": row.get("text"), "spec": row.get("spec")})  # fmt: skip
+    if not records:
+        raise ValueError(f"{metadata} lists no images")
+    report = evaluate_images(records)
+    print(format_report(report))
+    if args.output:
+        output = Path(args.output)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(report, indent=2))
+        print(f"saved {output}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="diffusers-bit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -123,6 +220,42 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--config_overrides", default=None, help="JSON file {component: {config entries}}")
     conv.add_argument("--overwrite", action="store_true")
     conv.set_defaults(func=cmd_convert)
+
+    rec = sub.add_parser("eval-reconstruction", help="PSNR/SSIM (and rFID/LPIPS/CLIP-I with local weights) of the "
+                         "image tokenizer at every decode resolution")  # fmt: skip
+    rec.add_argument("--image_tokenizer", required=True, help="tokenizer folder, or a pipeline folder")
+    rec.add_argument("--shapes_dir", default=None, help="folder of PNG images (its --split subfolder if present)")
+    rec.add_argument("--split", default="test", help="subfolder of --shapes_dir to read when it exists")
+    rec.add_argument("--photos", action="store_true", help="also the photographs shipped in installed wheels")
+    rec.add_argument("--resolutions", type=int, nargs="+", default=None, help="default: all supported sizes")
+    rec.add_argument("--input_size", type=int, default=None, help="encoder input size (default: smallest supported)")
+    rec.add_argument("--num_images", type=int, default=None, help="at most this many images per data set")
+    rec.add_argument("--batch_size", type=int, default=8)
+    rec.add_argument("--output", default=None, help="JSON report path")
+    rec.add_argument("--overwrite", action="store_true")
+    rec.add_argument("--inception_weights", default=None, help="TorchScript Inception file for rFID")
+    rec.add_argument("--lpips_weights", default=None, help="LPIPS-VGG weights (folder or file) for LPIPS")
+    rec.add_argument("--clip_model", default=None, help="local transformers CLIP folder for CLIP image similarity")
+    rec.add_argument("--dtype", choices=["keep", *DTYPES], default="keep")
+    rec.add_argument("--device", default=None)
+    rec.set_defaults(func=cmd_eval_reconstruction)
+
+    sdata = sub.add_parser("shapes-data", help="write the shapes-world data set (imagefolder, train/validation/test)")
+    sdata.add_argument("--output_dir", required=True)
+    sdata.add_argument("--num_train", type=int, default=20000)
+    sdata.add_argument("--num_validation", type=int, default=600)
+    sdata.add_argument("--num_test", type=int, default=600)
+    sdata.add_argument("--size", type=int, default=64, help="image side in pixels (>= 32)")
+    sdata.add_argument("--seed", type=int, default=0)
+    sdata.add_argument("--overwrite", action="store_true", help="replace the shapes data in a non-empty --output_dir")
+    sdata.set_defaults(func=cmd_shapes_data)
+
+    seval = sub.add_parser("shapes-eval", help="ShapesEval (GenEval-style) of a folder of shapes-world images")
+    seval.add_argument("--images_dir", required=True,
+                       help="folder with the PNGs and a metadata.jsonl (file_name, text)")  # fmt: skip
+    seval.add_argument("--output", default=None, help="JSON report path")
+    seval.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    seval.set_defaults(func=cmd_shapes_eval)
     return parser
 
 
