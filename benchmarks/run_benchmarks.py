@@ -100,7 +100,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                        help="mixed: float32 weights + autocast to --dtype (the training scripts); pure: weights, "
                             "gradients and AdamW states in --dtype; auto: mixed when it fits in memory.")
     group.add_argument("--train_decode_size", type=int, default=None,
-                       help="Decode size of tokenizer stages 2 and 3 (default: the largest).")
+                       help="Cap on the decode size of tokenizer stages 2 and 3: each preset decodes at its largest "
+                            "size up to the cap (default: no cap, the largest).")
     group.add_argument("--train_dtype", choices=["bfloat16", "float16", "float32"], default=None,
                        help="Training dtype (default: --dtype). CPUs without bf16 matrix instructions run bf16 "
                             "backward passes tens of times slower than float32: use float32 there.")

@@ -8,7 +8,8 @@ gradient checkpointing.
   `diffusers_bit.training.tokenizer_stages` (smooth L1 + LPIPS + code loss; stage 3 adds the DINO discriminator with
   its adaptive weight and the discriminator's own update), with randomly initialised LPIPS-VGG and ViT backbones of
   the real sizes (tiny ones for the tiny preset). The encoder sees the smallest supported size; stage 1 decodes at
-  that size, stages 2 and 3 at `--train_decode_size` (default: the largest, their most expensive draw).
+  that size, stages 2 and 3 at the largest size up to `--train_decode_size` (default: the largest, their most
+  expensive draw).
 
 Precision (`--train_precision`): `mixed` keeps float32 weights and runs the step under autocast to `--dtype`
 (accelerate's `--mixed_precision`, what the training scripts do: 16 bytes per trained parameter with AdamW); `pure`
@@ -190,9 +191,11 @@ def tokenizer_job(preset: str, stage: int, device, dtype, precision: str, args) 
     tokenizer = tokenizer.to(device, dtype if precision == "pure" else torch.float32).train()
     sizes = sorted(tokenizer.supported_sizes or [tokenizer.default_size])
     resolution = sizes[0]
-    decode = resolution if not settings.multi_resolution else (args.train_decode_size or sizes[-1])
-    if decode not in sizes:
-        raise ValueError(f"--train_decode_size {decode} is not a size of the {preset} tokenizer {sizes}")
+    cap = args.train_decode_size or sizes[-1]  # stages 2/3 decode at the largest supported size up to the cap
+    allowed = [size for size in sizes if size <= cap]
+    if not allowed:
+        raise ValueError(f"--train_decode_size {cap} is below every size of the {preset} tokenizer {sizes}")
+    decode = resolution if not settings.multi_resolution else allowed[-1]
     global_size, crop = (448, 224) if preset == PAPER_PRESET else (resolution, resolution // 2)
     if not settings.train_encoder:
         tokenizer.encoder.requires_grad_(False)

@@ -328,6 +328,18 @@ def test_training_task_plan_and_batch_sizes():
         "training:tiny/tokenizer-stage3"]
 
 
+def test_train_decode_size_caps_each_presets_decode_size():
+    from benchmarks.training import tokenizer_job
+
+    def decode_size(cap):
+        args = parse_args(["--preset", "tiny"] + (["--train_decode_size", str(cap)] if cap else []))
+        return tokenizer_job("tiny", 2, torch.device("cpu"), torch.float32, "mixed", args).decode_size
+
+    assert (decode_size(None), decode_size(512), decode_size(100), decode_size(64)) == (128, 128, 96, 64)
+    with pytest.raises(ValueError, match="below every size"):
+        decode_size(32)
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # The authors' model
 # ----------------------------------------------------------------------------------------------------------------------
