@@ -87,15 +87,14 @@ def cmd_convert(args) -> None:
 
 
 def _load_image_tokenizer(path: str):
-    """A `BinaryLatentTokenizer` from a tokenizer folder, or a pipeline folder with an `image_tokenizer` subfolder."""
-    from .models import BinaryLatentTokenizer
+    """A `BinaryLatentTokenizer` from a tokenizer folder or repo, or a pipeline with an `image_tokenizer` subfolder
+    (resolved by the training code's component loader)."""
+    from .training.components import load_image_tokenizer, plan_components
 
     root = Path(path)
-    if (root / "image_tokenizer" / "config.json").is_file():
-        return BinaryLatentTokenizer.from_pretrained(str(root), subfolder="image_tokenizer")
-    if root.exists() and not (root / "config.json").is_file():
+    if root.is_dir() and not any((root / sub / "config.json").is_file() for sub in ("", "image_tokenizer")):
         raise ValueError(f"{path} holds neither an image tokenizer (config.json) nor an image_tokenizer/ subfolder")
-    return BinaryLatentTokenizer.from_pretrained(path)
+    return load_image_tokenizer(plan_components("diffusion", image_tokenizer=path, need_generator=False))
 
 
 def cmd_eval_reconstruction(args) -> None:
