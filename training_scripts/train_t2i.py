@@ -65,6 +65,7 @@ from diffusers_bit.training.components import (
     text_encoder_dims,
 )
 from diffusers_bit.training.data import SKIP_REASONS, SkipStats
+from diffusers_bit.training.latent_store import HEADER as LATENT_STORE_HEADER
 from diffusers_bit.training.script_utils import (
     add_checkpointing_args,
     add_ema_args,
@@ -179,7 +180,7 @@ def validate_args(args: argparse.Namespace) -> None:
     if args.latents_dir and args.streaming:
         raise ValueError("--streaming does not apply to --latents_dir (a latent store is memory-mapped)")
     if args.latents_dir:  # the store fixes the resolution the latents were encoded at
-        header = Path(args.latents_dir, "header.json")
+        header = Path(args.latents_dir, LATENT_STORE_HEADER)
         stored = json.loads(header.read_text()).get("resolution") if header.is_file() else None
         if args.resolution is not None and stored is not None and args.resolution != stored:
             raise ValueError(f"--resolution {args.resolution} differs from the {stored}px of the --latents_dir store")
