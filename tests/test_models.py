@@ -2,6 +2,7 @@
 dtypes and the paper-size presets (on the meta device only)."""
 
 import copy
+import math
 
 import numpy as np
 import pytest
@@ -376,6 +377,79 @@ def test_tokenizer_variants(overrides, down_cls, head_cls):
     _assert_encoder_gets_gradient(tok, _images(2, 64))
 
 
+def test_rope_half_split_layout_is_a_true_rotation():
+    from diffusers_bit.models.layers import apply_rotary_emb, rope_cos_sin
+
+    axes = [4, 6, 6]
+    positions = torch.tensor([[0.0, 0, 0], [3, 1, 2], [5, 2.5, 7], [8, 3.5, 9]])
+    q, k = torch.randn(2, 1, 1, 16, generator=_gen(0)).unbind(0)
+
+    def rotated(layout, pos):
+        cos, sin = rope_cos_sin(pos, axes, layout=layout)
+        return apply_rotary_emb(q.expand(1, 1, len(pos), 16), cos, sin), apply_rotary_emb(
+            k.expand(1, 1, len(pos), 16), cos, sin)
+
+    # a rotation keeps norms and makes q.k depend only on the position difference
+    q_rot, k_rot = rotated("half_split", positions)
+    torch.testing.assert_close(q_rot.norm(dim=-1), q.norm(dim=-1).expand(1, 1, 4), atol=1e-5, rtol=0)
+    shifted_q, shifted_k = rotated("half_split", positions + torch.tensor([2.0, -1.0, 4.0]))
+    dot = (q_rot[..., 1, :] * k_rot[..., 2, :]).sum()
+    torch.testing.assert_close(dot, (shifted_q[..., 1, :] * shifted_k[..., 2, :]).sum(), atol=1e-5, rtol=0)
+    # the released layout is not a rotation (norms change): that is why the switch exists
+    q_old, _ = rotated("interleaved", positions)
+    assert (q_old.norm(dim=-1) - q.norm(dim=-1)).abs().max() > 1e-2
+    with pytest.raises(ValueError, match="layout"):
+        rope_cos_sin(positions, axes, layout="flux")
+
+
+def test_sincos_2d_embedding_values():
+    from diffusers_bit.models.layers import sincos_2d_embedding
+
+    emb = sincos_2d_embedding(torch.tensor([0.0, 2.0]), torch.tensor([1.0, 3.0, 5.0]), 8)
+    assert emb.shape == (6, 8)
+    # token (row 1, col 2) = rows 2.0, cols 5.0; frequencies 1 and 1/100 per axis
+    expected = torch.tensor([math.sin(2.0), math.sin(0.02), math.cos(2.0), math.cos(0.02),
+                             math.sin(5.0), math.sin(0.05), math.cos(5.0), math.cos(0.05)])  # fmt: skip
+    torch.testing.assert_close(emb[5], expected, atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="divisible by 4"):
+        sincos_2d_embedding(torch.zeros(1), torch.zeros(1), 6)
+
+
+def test_tokenizer_training_switches_default_to_the_released_architecture():
+    tok = _tokenizer()
+    assert tok.config.rope_layout == "interleaved"
+    assert tok.config.position_embedding_type is None and tok.config.latent_index_embedding is False
+    assert tok.decoder.latent_index_embedding is None
+    assert not any("latent_index" in name for name, _ in tok.named_parameters())
+
+
+def test_tokenizer_training_switches_change_the_model_and_decode_at_every_size():
+    images = _images(2, 64)
+    base = _tokenizer()
+    switched = _tokenizer(rope_layout="half_split", position_embedding_type="sincos", latent_index_embedding=True)
+    state = switched.state_dict()
+    assert state["decoder.latent_index_embedding"].shape == (1, 16, 64)
+    missing, unexpected = base.load_state_dict(state, strict=False)
+    assert unexpected == ["decoder.latent_index_embedding"] and not missing
+    with torch.no_grad():
+        bits = switched.encode(images).bits
+        assert not torch.equal(bits, base.encode(images).bits)  # the image tokens carry a position embedding
+        for size in (64, 96, 128):
+            assert torch.isfinite(switched.decode(bits, size, size).sample).all()
+        # every switch reaches the output on its own
+        reference = switched.decode(bits, 64, 64).sample
+        for overrides in ({"rope_layout": "interleaved"}, {"position_embedding_type": None},
+                          {"latent_index_embedding": False}):  # fmt: skip
+            other = _tokenizer(**{**dict(switched.config), **overrides})
+            other.load_state_dict(state, strict=False)
+            assert not torch.allclose(other.decode(bits, 64, 64).sample, reference, atol=1e-4), overrides
+        # the mask tokens differ per position from the first block on: the decoder output varies across the grid
+        # even for a constant latent
+        flat = switched.decode(torch.zeros_like(bits), 64, 64).sample
+        assert flat.std(dim=(2, 3)).min() > 1e-3
+    _assert_encoder_gets_gradient(switched.train(), images)
+
+
 def test_tokenizer_gradient_checkpointing_same_gradients():
     images = _images(1, 64)
 
@@ -415,6 +489,12 @@ def test_tokenizer_bad_config():
         _tokenizer(decoder_upsample_blocks=[-1])
     with pytest.raises(ValueError, match="rope_position_dtype"):
         _tokenizer(rope_position_dtype="float64")
+    with pytest.raises(ValueError, match="rope_layout"):
+        _tokenizer(rope_layout="flux")
+    with pytest.raises(ValueError, match="position_embedding_type"):
+        _tokenizer(position_embedding_type="learned")
+    with pytest.raises(ValueError, match="latent_index_embedding"):
+        _tokenizer(latent_index_embedding="yes")
 
 
 @pytest.mark.parametrize(
@@ -649,6 +729,26 @@ def test_dit_timestep_forms():
         torch.testing.assert_close(per_row[b : b + 1], alone, atol=1e-5, rtol=0)
     (tup,) = model(bits, 0.3, text, return_dict=False)
     torch.testing.assert_close(tup, as_float, atol=0, rtol=0)
+
+
+def test_dit_zero_init_modulation_starts_every_block_as_the_identity():
+    text = _text(2)
+    bits = _bits(2)
+    authors = _dit()
+    zero = _dit(zero_init_modulation=True)
+    assert authors.config.zero_init_modulation is False
+    with torch.no_grad():
+        assert authors(bits, 0.5, encoder_hidden_states=text).sample.abs().max() > 0.1  # Xavier everywhere
+        out = zero(bits, 0.5, encoder_hidden_states=text).sample
+        assert torch.equal(out, torch.zeros_like(out))  # flip logit 0: loss ln 2
+        hidden = zero.x_embedder(bits)
+        temb = zero.time_embed(torch.full((2, 1), 0.5))
+        block = zero.transformer_blocks[0]
+        torch.testing.assert_close(block(hidden, temb, text[0], None), hidden)
+    # only the initial weights differ: loading weights gives the same model either way
+    zero.load_state_dict(authors.state_dict())
+    torch.testing.assert_close(zero(bits, 0.5, encoder_hidden_states=text).sample,
+                               authors(bits, 0.5, encoder_hidden_states=text).sample)  # fmt: skip
 
 
 def test_dit_gradient_checkpointing_same_loss_and_gradients():

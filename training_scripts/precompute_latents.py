@@ -40,7 +40,7 @@ logger = get_logger(__name__, log_level="INFO")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], fromfile_prefix_chars="@")
     parser.add_argument("--pretrained_model_name_or_path", type=str, default=None,
                         help="A saved Instella pipeline (folder or repo id) whose image_tokenizer is used.")
     parser.add_argument("--revision", type=str, default=None)

@@ -94,7 +94,7 @@ logger = get_logger(__name__, log_level="INFO")
 # Arguments
 # ----------------------------------------------------------------------------------------------------------------------
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], fromfile_prefix_chars="@")
 
     group = parser.add_argument_group("model")
     group.add_argument("--model", type=str, default="diffusion", choices=["diffusion", "ar"],

@@ -18,6 +18,7 @@ PIL images are channel-last, torch tensors channel-first.
 """
 
 import importlib.util
+import json
 import logging
 import math
 import os
@@ -425,6 +426,7 @@ def evaluate_reconstruction(
     inception_weights: Optional[Union[str, os.PathLike, FeatureExtractor]] = None,
     lpips_weights: Optional[Union[str, os.PathLike, nn.Module]] = None,
     clip_model: Optional[Union[str, os.PathLike, CLIPImageSimilarity]] = None,
+    return_images: bool = False,
 ) -> dict[str, Any]:
     r"""Reconstruction quality of a [`BinaryLatentTokenizer`] at every resolution it decodes.
 
@@ -447,6 +449,8 @@ def evaluate_reconstruction(
             objects: a feature extractor `(B, 3, H, W) in [0, 1] -> (B, D)`, an LPIPS module taking [-1, 1] inputs,
             a [`CLIPImageSimilarity`]). Metrics without weights are reported as `None` with a message in
             `report["skipped"]`. rFID needs at least 2 images and is strongly biased for small sets.
+        return_images (`bool`, defaults to `False`): Also return the 8-bit reconstructions (`uint8 (R, R, 3)`
+            arrays, in the order of the images) as `resolutions[str(R)]["images"]`.
 
     Returns:
         `dict` with `input_size`, `num_images`, `image_names`, `skipped` (metric -> message) and `resolutions`:
@@ -474,6 +478,7 @@ def evaluate_reconstruction(
         inception, skipped["rfid"] = None, "skipped: rFID needs at least 2 images"
 
     per_image = {r: {"psnr": [], "ssim": []} for r in resolutions}
+    decoded_images = {r: [] for r in resolutions}
     for r in resolutions:
         if lpips is not None:
             per_image[r]["lpips"] = []
@@ -491,6 +496,8 @@ def evaluate_reconstruction(
             for r in resolutions:
                 decoded = tokenizer.decode(bits, r, r).sample.float().cpu()
                 recon = ((decoded + 1) / 2).clamp(0, 1).mul(255).round().div(255)
+                if return_images:
+                    decoded_images[r] += list(recon.mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
                 target = _to_model_input([center_crop_resize(image, r) for image in batch])
                 x, y = recon.double(), target.double()
                 per_image[r]["psnr"] += _psnr_batch(x, y, 1.0).tolist()
@@ -516,6 +523,8 @@ def evaluate_reconstruction(
             real, fake = (feature_statistics(torch.cat(f)) for f in features[r])
             entry["rfid"] = frechet_distance(*real, *fake)
         entry["per_image"] = per_image[r]
+        if return_images:
+            entry["images"] = decoded_images[r]
         results[str(r)] = entry
     return {
         "input_size": int(input_size),
@@ -523,6 +532,70 @@ def evaluate_reconstruction(
         "image_names": names,
         "skipped": skipped,
         "resolutions": results,
+    }
+
+
+def read_shapes_records(folder: Union[str, os.PathLike], limit: Optional[int] = None) -> list[dict]:
+    r"""The records of a shapes-world split folder (`metadata.jsonl` with `file_name` and `spec` or `text`), in file
+    order, each with the image loaded as a `uint8` array under `image`. Errors name the file and line."""
+    folder = Path(folder)
+    metadata = folder / "metadata.jsonl"
+    if not metadata.is_file():
+        raise ValueError(f"{metadata} not found: a shapes-world split folder has a metadata.jsonl")
+    records = []
+    for number, line in enumerate(metadata.read_text(encoding="utf-8").splitlines(), 1):
+        if limit is not None and len(records) >= limit:
+            break
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{metadata}, line {number}: invalid JSON ({error.msg})") from None
+        if not isinstance(row, dict) or "file_name" not in row or not (row.get("spec") or row.get("text")):
+            raise ValueError(f"{metadata}, line {number}: every row needs `file_name` and `spec` or `text`")
+        with Image.open(folder / row["file_name"]) as image:
+            array = np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
+        records.append({"file_name": row["file_name"], "text": row.get("text"), "spec": row.get("spec"),
+                        "image": array})  # fmt: skip
+    if not records:
+        raise ValueError(f"{metadata} lists no images")
+    return records
+
+
+def evaluate_shapes_reconstruction(
+    tokenizer, folder: Union[str, os.PathLike], limit: Optional[int] = None, batch_size: int = 64
+) -> dict[str, Any]:
+    r"""How much of a shapes-world split survives the tokenizer: PSNR / SSIM of the reconstructions (bits
+    thresholded, encoded and decoded at the tokenizer's smallest size, see [`evaluate_reconstruction`]) and ShapesEval
+    of the reconstructions beside ShapesEval of the originals (the ceiling a generator on these bits can reach).
+
+    Returns:
+        `dict` with `num_images`, `size`, `bits_per_image`, `psnr`, `ssim`, `shapes_eval` and
+        `shapes_eval_originals` (reports of [`~diffusers_bit.evaluation.evaluate_images`], without per-image results).
+    """
+    from .shapes_eval import evaluate_images
+
+    records = read_shapes_records(folder, limit)
+    report = evaluate_reconstruction(tokenizer, [r["image"] for r in records], batch_size=batch_size,
+                                     return_images=True)  # fmt: skip
+    size = report["input_size"]
+    entry = report["resolutions"][str(size)] if str(size) in report["resolutions"] else next(
+        iter(report["resolutions"].values()))  # fmt: skip
+
+    def shapes(images):
+        result = evaluate_images([{**r, "image": image} for r, image in zip(records, images)])
+        return {k: v for k, v in result.items() if k != "results"}
+
+    config = tokenizer.config
+    return {
+        "num_images": len(records),
+        "size": size,
+        "bits_per_image": config.num_latent_tokens * config.bits_per_token,
+        "psnr": entry["psnr"],
+        "ssim": entry["ssim"],
+        "shapes_eval": shapes(entry["images"]),
+        "shapes_eval_originals": shapes([r["image"] for r in records]),
     }
 
 

@@ -19,9 +19,19 @@ from diffusers.utils import BaseOutput
 
 from ..utils.torch_utils import GeneratorType
 from .binary_quantizer import BinaryQuantizer
-from .layers import RESAMPLE_BLOCKS, Attention, RMSNorm, SwiGLU, rope_cos_sin, run_block
+from .layers import (
+    RESAMPLE_BLOCKS,
+    ROPE_LAYOUTS,
+    Attention,
+    RMSNorm,
+    SwiGLU,
+    rope_cos_sin,
+    run_block,
+    sincos_2d_embedding,
+)
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+POSITION_EMBEDDING_TYPES = (None, "sincos")
 
 
 @dataclass
@@ -92,14 +102,21 @@ def tokenizer_positions(
     """
     latent = torch.zeros(num_latent_tokens, 3)
     latent[:, 0] = torch.arange(num_latent_tokens)
-    rows, cols = torch.arange(height), torch.arange(width)
-    if scale is not None:
-        rows = rows / (height - 1) * (scale - 1)
-        cols = cols / (width - 1) * (scale - 1)
+    rows, cols = grid_coordinates(height, width, scale)
     image = torch.zeros(height, width, 3)
     image[..., 1] = rows[:, None]
     image[..., 2] = cols[None, :]
     return torch.cat([latent, image.reshape(-1, 3)], dim=0).to(device)
+
+
+def grid_coordinates(height: int, width: int, scale: Optional[float]) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Row and column coordinates `(height,)`, `(width,)` of a patch grid: raw indices, or, with a resolution
+    `scale`, indices stretched to `[0, scale - 1]` so that every resolution spans the same range."""
+    rows, cols = torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32)
+    if scale is not None:
+        rows = rows / max(height - 1, 1) * (scale - 1)
+        cols = cols / max(width - 1, 1) * (scale - 1)
+    return rows, cols
 
 
 class _RotaryTower(nn.Module):
@@ -118,7 +135,16 @@ class _RotaryTower(nn.Module):
         positions = tokenizer_positions(num_latent_tokens, height, width, scale, device)
         dtype = self._rope["position_dtype"]
         positions = positions.to(weight_dtype if dtype == "auto" else _DTYPES[dtype])
-        return rope_cos_sin(positions, self._rope["axes_dim"], self._rope["theta"])
+        return rope_cos_sin(positions, self._rope["axes_dim"], self._rope["theta"], self._rope["layout"])
+
+    def grid_embedding(self, height: int, width: int, scale: Optional[float], dtype: torch.dtype) -> Optional[torch.Tensor]:
+        """The additive position embedding `(1, height * width, C)` of the image grid, or `None` when disabled."""
+        if self._rope["position_embedding_type"] is None:
+            return None
+        rows, cols = grid_coordinates(height, width, scale)
+        device = self.blocks[0].norm1.weight.device
+        dim = self.blocks[0].norm1.weight.shape[0]
+        return sincos_2d_embedding(rows.to(device), cols.to(device), dim)[None].to(dtype)
 
 
 class BinaryLatentEncoder(_RotaryTower):
@@ -153,10 +179,12 @@ class BinaryLatentEncoder(_RotaryTower):
         grid = self.patch_embed(images.to(self.patch_embed.weight.dtype))
         height, width = grid.shape[-2:]
         num_latent = self.latent_tokens.shape[1]
-        hidden_states = torch.cat(
-            [self.latent_tokens.expand(grid.shape[0], -1, -1), grid.flatten(2).transpose(1, 2)], dim=1
-        )
         weight_dtype = self.patch_embed.weight.dtype
+        image_tokens = grid.flatten(2).transpose(1, 2)
+        position_embedding = self.grid_embedding(height, width, scale, weight_dtype)
+        if position_embedding is not None:
+            image_tokens = image_tokens + position_embedding
+        hidden_states = torch.cat([self.latent_tokens.expand(grid.shape[0], -1, -1), image_tokens], dim=1)
         rotary_emb = self.rotary_emb(num_latent, height, width, scale, weight_dtype)
         for index in range(len(self.blocks)):
             hidden_states = run_block(self, self.blocks[index], hidden_states, rotary_emb)
@@ -171,9 +199,10 @@ class BinaryLatentEncoder(_RotaryTower):
 
 
 class BinaryLatentDecoder(_RotaryTower):
-    r"""ViT decoder: RMSNorm + linear input projection of the bit embeddings, one learned mask token replicated on
-    the output grid at `1 / 2**len(upsample_blocks)` resolution, transformer blocks with 2x token upsampling after
-    the listed blocks, and a final RMSNorm over the image tokens."""
+    r"""ViT decoder: RMSNorm + linear input projection of the bit embeddings (plus an optional learned embedding
+    of the latent index), one learned mask token replicated on the output grid at `1 / 2**len(upsample_blocks)`
+    resolution (plus an optional fixed 2D position embedding), transformer blocks with 2x token upsampling after the
+    listed blocks, and a final RMSNorm over the image tokens."""
 
     def __init__(
         self,
@@ -186,12 +215,16 @@ class BinaryLatentDecoder(_RotaryTower):
         mlp_ratio: float,
         eps: float,
         rope: dict,
+        num_latent_tokens: Optional[int] = None,
     ):
         dim = num_heads * head_dim
         super().__init__(num_layers, dim, num_heads, mlp_ratio, eps, rope)
         self.norm_in = RMSNorm(in_dim, eps=eps)
         self.proj_in = nn.Linear(in_dim, dim)
         self.mask_token = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
+        self.latent_index_embedding = None
+        if num_latent_tokens is not None:
+            self.latent_index_embedding = nn.Parameter(torch.randn(1, num_latent_tokens, dim) * 0.02)
         self.upsample_blocks = list(upsample_blocks)
         self.upsamplers = nn.ModuleList([RESAMPLE_BLOCKS[resample_type][1](dim) for _ in self.upsample_blocks])
         self.norm_out = RMSNorm(dim, eps=eps)
@@ -199,12 +232,18 @@ class BinaryLatentDecoder(_RotaryTower):
     def forward(self, latents: torch.Tensor, height: int, width: int, scale: Optional[float]) -> torch.Tensor:
         """`latents` `(B, L, C_enc)`, output grid `height x width` patches -> image tokens `(B, height*width, C)`."""
         latents = self.proj_in(self.norm_in(latents))
+        if self.latent_index_embedding is not None:
+            latents = latents + self.latent_index_embedding
         num_latent = latents.shape[1]
         factor = 2 ** len(self.upsample_blocks)
         height, width = height // factor, width // factor
         scale = None if scale is None else scale // factor
-        hidden_states = torch.cat([latents, self.mask_token.expand(latents.shape[0], height * width, -1)], dim=1)
         weight_dtype = self.proj_in.weight.dtype
+        mask_tokens = self.mask_token.expand(latents.shape[0], height * width, -1)
+        position_embedding = self.grid_embedding(height, width, scale, weight_dtype)
+        if position_embedding is not None:
+            mask_tokens = mask_tokens + position_embedding
+        hidden_states = torch.cat([latents, mask_tokens], dim=1)
         rotary_emb = self.rotary_emb(num_latent, height, width, scale, weight_dtype)
         for index in range(len(self.blocks)):
             hidden_states = run_block(self, self.blocks[index], hidden_states, rotary_emb)
@@ -288,6 +327,24 @@ class BinaryLatentTokenizer(ModelMixin, ConfigMixin):
         sample_sizes (`list[int]`, *optional*, defaults to `[512, 768, 1024]`): Image sides the tokenizer accepts and
             produces; `None` accepts any side divisible by the patch grid.
         quantizer_temperature (`float`, defaults to 0.1): Bernoulli temperature of the quantizer in training.
+        rope_layout (`str`, defaults to `"interleaved"`): Layout of the rotary tables. `"interleaved"` is the
+            released tokenizer's convention (Flux-style interleaved tables applied with the Llama half-split rule,
+            which is not a true rotation: only a few channels per head then carry each axis cleanly). `"half_split"`
+            lays the tables out so that the same rule is a true rotation; use it for models trained from scratch.
+        position_embedding_type (`str`, *optional*): `None` (released: positions only through RoPE) or `"sincos"`: a
+            fixed 2D sine/cosine embedding (MAE style) added to the encoder's patch tokens and to the decoder's mask
+            tokens, on the same stretched grid coordinates as the rotary positions, so it is resolution-independent
+            and one latent still decodes at every supported size. Why: at initialisation the decoder's mask tokens
+            are identical and see position only through RoPE on normalised queries/keys, whose attention logits are
+            ~N(0, 1); every output position then attends almost uniformly to the latent tokens, the values carry no
+            position, and gradient descent settles on a per-image mean colour (the "mean image" plateau, ~17 dB on the
+            shapes world) that small models trained on a CPU never leave. An additive position gives every mask token
+            its own query from the first step.
+        latent_index_embedding (`bool`, defaults to `False`): Add a learned embedding of the latent index to the
+            latent tokens entering the decoder, so that the decoder can tell the bit groups apart before it has
+            learnt to route them (the same symmetry as above, on the latent side). Together with
+            `position_embedding_type="sincos"` this is what lets a small tokenizer leave the plateau; either alone
+            does not (measured on the shapes world: both 19.8 dB at 800 steps, each alone about 18.4).
     """
 
     _supports_gradient_checkpointing = True
@@ -320,15 +377,21 @@ class BinaryLatentTokenizer(ModelMixin, ConfigMixin):
         pixel_head_type: str = "linear",
         sample_sizes: Optional[Sequence[int]] = (512, 768, 1024),
         quantizer_temperature: float = 0.1,
+        rope_layout: str = "interleaved",
+        position_embedding_type: Optional[str] = None,
+        latent_index_embedding: bool = False,
     ):
         super().__init__()
         choices = {
             "rope_position_dtype": ("auto", *_DTYPES),
             "resample_type": tuple(RESAMPLE_BLOCKS),
             "pixel_head_type": ("linear", "conv"),
+            "rope_layout": ROPE_LAYOUTS,
+            "position_embedding_type": POSITION_EMBEDDING_TYPES,
         }
         for name, value in (("rope_position_dtype", rope_position_dtype), ("resample_type", resample_type),
-                            ("pixel_head_type", pixel_head_type)):
+                            ("pixel_head_type", pixel_head_type), ("rope_layout", rope_layout),
+                            ("position_embedding_type", position_embedding_type)):
             if value not in choices[name]:
                 raise ValueError(f"`{name}` must be one of {list(choices[name])}, got {value!r}")
         for name, heads in (("encoder_head_dim", encoder_head_dim), ("decoder_head_dim", decoder_head_dim)):
@@ -341,7 +404,10 @@ class BinaryLatentTokenizer(ModelMixin, ConfigMixin):
             if any(not 0 <= b < depth for b in blocks):
                 raise ValueError(f"`{name}` must index blocks 0..{depth - 1}, got {list(blocks)}")
 
-        rope = {"axes_dim": list(axes_dims_rope), "theta": rope_theta, "position_dtype": rope_position_dtype}
+        if not isinstance(latent_index_embedding, bool):
+            raise ValueError(f"`latent_index_embedding` must be true or false, got {latent_index_embedding!r}")
+        rope = {"axes_dim": list(axes_dims_rope), "theta": rope_theta, "position_dtype": rope_position_dtype,
+                "layout": rope_layout, "position_embedding_type": position_embedding_type}  # fmt: skip
         encoder_dim = encoder_num_heads * encoder_head_dim
         decoder_dim = decoder_num_heads * decoder_head_dim
         self.encoder = BinaryLatentEncoder(
@@ -351,7 +417,7 @@ class BinaryLatentTokenizer(ModelMixin, ConfigMixin):
         self.quantizer = BinaryQuantizer(encoder_dim, bits_per_token)
         self.decoder = BinaryLatentDecoder(
             encoder_dim, decoder_layers, decoder_num_heads, decoder_head_dim, decoder_upsample_blocks, resample_type,
-            mlp_ratio, norm_eps, rope,
+            mlp_ratio, norm_eps, rope, num_latent_tokens if latent_index_embedding else None,
         )  # fmt: skip
         head_cls = LinearPixelHead if pixel_head_type == "linear" else ConvPixelHead
         self.pixel_head = head_cls(decoder_dim, patch_size, in_channels)

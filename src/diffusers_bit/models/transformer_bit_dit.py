@@ -85,6 +85,12 @@ class BinaryDiT(ModelMixin, ConfigMixin, PeftAdapterMixin, TextConditioningMixin
         text_num_layers (`int`, *optional*): Text-encoder layers `L` given per call; defaults to `num_layers`.
         mlp_ratio (`float`, defaults to 4.0): MLP width over model width.
         norm_eps (`float`, defaults to 1e-6): Epsilon of the q/k RMSNorms and the output norm.
+        zero_init_modulation (`bool`, defaults to `False`): Initialisation for training from scratch. `False` is the
+            authors' (Xavier-uniform on every linear layer, including the AdaLN-Zero modulations and the output
+            projection, so blocks do not start as the identity: initial loss ~0.99 > ln 2 and gradient norms ~30 on
+            a small model). `True` zeroes the AdaLN modulation layers of every block and of the output norm and the
+            output projection, as in the DiT paper's AdaLN-Zero: every block starts as the identity and the model
+            starts at flip logit 0 (loss ln 2). Only the initial weights differ; loading weights ignores it.
     """
 
     _supports_gradient_checkpointing = True
@@ -104,6 +110,7 @@ class BinaryDiT(ModelMixin, ConfigMixin, PeftAdapterMixin, TextConditioningMixin
         text_num_layers: Optional[int] = None,
         mlp_ratio: float = 4.0,
         norm_eps: float = 1e-6,
+        zero_init_modulation: bool = False,
     ):
         super().__init__()
         dim = num_attention_heads * attention_head_dim
@@ -119,6 +126,11 @@ class BinaryDiT(ModelMixin, ConfigMixin, PeftAdapterMixin, TextConditioningMixin
         self.proj_out = nn.Linear(dim, in_channels)
         self.gradient_checkpointing = False
         self.apply(_xavier_init)
+        if zero_init_modulation:
+            zero = [block.norm1.linear for block in self.transformer_blocks] + [self.norm_out.linear, self.proj_out]
+            for layer in zero:
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
 
     def forward(
         self,

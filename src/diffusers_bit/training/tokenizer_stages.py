@@ -204,6 +204,43 @@ def perceptual_loss(
     return torch.stack(terms).mean(), parts
 
 
+PIXEL_LOSSES = ("smooth_l1", "l1", "mse")
+
+
+def foreground_weights(target: torch.Tensor, weight: float, threshold: float) -> Optional[torch.Tensor]:
+    r"""Per-pixel loss weights `(B, 1, H, W)` that up-weight what stands out from an image's background: pixels whose
+    colour differs from the image's per-channel median by more than `threshold` (largest channel difference, images in
+    [-1, 1]) get `weight`, the others 1; the weights are normalised to mean 1 per image so the loss scale does not
+    change. `None` when `weight == 1`. Small objects on a plain background are otherwise a few percent of the pixels
+    and the last thing a pixel loss pays for."""
+    if weight == 1:
+        return None
+    median = target.flatten(2).median(dim=-1).values[..., None, None]
+    foreground = ((target - median).abs().amax(dim=1, keepdim=True) > threshold).float()
+    weights = 1.0 + (weight - 1.0) * foreground
+    return weights / weights.mean(dim=(1, 2, 3), keepdim=True)
+
+
+def pixel_loss(
+    reconstruction: torch.Tensor,
+    target: torch.Tensor,
+    kind: str = "smooth_l1",
+    beta: float = 1.0,
+    weights: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    r"""Mean pixel loss `kind` (`"smooth_l1"` with `beta`, `"l1"` or `"mse"`), each pixel scaled by `weights`
+    (broadcast over channels) when given."""
+    if kind not in PIXEL_LOSSES:
+        raise ValueError(f"pixel loss must be one of {list(PIXEL_LOSSES)}, got {kind!r}")
+    if kind == "smooth_l1":
+        per_pixel = F.smooth_l1_loss(reconstruction, target, beta=beta, reduction="none")
+    elif kind == "l1":
+        per_pixel = (reconstruction - target).abs()
+    else:
+        per_pixel = (reconstruction - target).pow(2)
+    return per_pixel.mean() if weights is None else (per_pixel * weights).mean()
+
+
 def reconstruction_losses(
     reconstruction: torch.Tensor,
     target: torch.Tensor,
@@ -214,13 +251,18 @@ def reconstruction_losses(
     global_size: Optional[int],
     crop_size: Optional[int],
     rng: np.random.Generator,
+    pixel_loss_type: str = "smooth_l1",
+    foreground_weight: float = 1.0,
+    foreground_threshold: float = 0.1,
 ) -> tuple[torch.Tensor, dict]:
-    r"""`smooth_l1_weight * SmoothL1(rec, target; beta) + perceptual_weight * perceptual_loss(...)` in float32, with
-    the parts (detached) for logging."""
+    r"""`smooth_l1_weight * pixel_loss(rec, target) + perceptual_weight * perceptual_loss(...)` in float32, with the
+    parts (detached) for logging. The pixel loss is `pixel_loss_type` (smooth L1 with `smooth_l1_beta` by default),
+    optionally weighted towards the foreground ([`foreground_weights`])."""
     reconstruction, target = reconstruction.float(), target.float()
-    l1 = F.smooth_l1_loss(reconstruction, target, beta=smooth_l1_beta)
-    loss = smooth_l1_weight * l1
-    parts = {"smooth_l1": l1.detach()}
+    weights = foreground_weights(target, foreground_weight, foreground_threshold)
+    pixel = pixel_loss(reconstruction, target, pixel_loss_type, smooth_l1_beta, weights)
+    loss = smooth_l1_weight * pixel
+    parts = {pixel_loss_type: pixel.detach()}
     if perceptual_weight and lpips is not None:
         perceptual, lpips_parts = perceptual_loss(lpips, reconstruction, target, global_size, crop_size, rng)
         loss = loss + perceptual_weight * perceptual
