@@ -17,6 +17,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 
+from ..utils.checks import StrictConfigMixin, check_finite
 from ..utils.torch_utils import GeneratorType
 from .binary_quantizer import BinaryQuantizer
 from .layers import (
@@ -32,6 +33,7 @@ from .layers import (
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 POSITION_EMBEDDING_TYPES = (None, "sincos")
+IMAGE_RANGE_TOLERANCE = 1e-2  # resampling overshoot of images that were in [-1, 1]
 
 
 @dataclass
@@ -293,7 +295,7 @@ class LinearPixelHead(nn.Module):
         return patches.permute(0, 5, 1, 3, 2, 4).reshape(tokens.shape[0], self.out_channels, height * p, width * p)
 
 
-class BinaryLatentTokenizer(ModelMixin, ConfigMixin):
+class BinaryLatentTokenizer(StrictConfigMixin, ModelMixin, ConfigMixin):
     r"""1D binary latent tokenizer: an image becomes `num_latent_tokens` tokens of `bits_per_token` bits each (128 x
     64 bits = 1 KiB for the paper model) and decodes back at any resolution the config supports.
 
@@ -351,6 +353,7 @@ class BinaryLatentTokenizer(ModelMixin, ConfigMixin):
     _no_split_modules = ["TokenizerBlock"]
     _repeated_blocks = ["TokenizerBlock"]
     _skip_layerwise_casting_patterns = ["patch_embed", "norm", "quantizer", "pixel_head"]
+    _optional_config_keys = ("rope_layout", "position_embedding_type", "latent_index_embedding")
 
     @register_to_config
     def __init__(
@@ -537,6 +540,14 @@ class BinaryLatentTokenizer(ModelMixin, ConfigMixin):
             raise ValueError(f"`images` must be a (batch, channels, height, width) tensor, got {shape}")
         if images.shape[1] != self.config.in_channels:
             raise ValueError(f"`images` must have {self.config.in_channels} channels, got {images.shape[1]}")
+        if not images.is_floating_point():
+            raise ValueError(f"`images` must be a floating-point tensor in [-1, 1], got {images.dtype} (for uint8 "
+                             "images use `images / 127.5 - 1`)")  # fmt: skip
+        check_finite("images", images)
+        low, high = float(images.min()), float(images.max())
+        if low < -1 - IMAGE_RANGE_TOLERANCE or high > 1 + IMAGE_RANGE_TOLERANCE:
+            hint = " (images in [0, 1]? use `images * 2 - 1`)" if low >= 0 else ""
+            raise ValueError(f"`images` must lie in [-1, 1], got values in [{low:.3g}, {high:.3g}]{hint}")
         stride = 2 ** len(self.config.encoder_downsample_blocks)
         self.check_size("images height", int(images.shape[-2]), stride)
         self.check_size("images width", int(images.shape[-1]), stride)

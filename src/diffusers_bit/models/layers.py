@@ -16,6 +16,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..utils.checks import check_bits
+
 
 class RMSNorm(nn.Module):
     r"""Root-mean-square normalisation over the last dimension.
@@ -561,6 +563,7 @@ class TextConditioningMixin:
         if (exact and n != max_tokens) or n > max_tokens:
             expected = f"exactly {max_tokens}" if exact else f"at most {max_tokens}"
             raise ValueError(f"`hidden_states` must hold {expected} tokens, got {n}")
+        check_bits("hidden_states", hidden_states)
 
 
 def run_block(model: nn.Module, block: nn.Module, *args) -> torch.Tensor:

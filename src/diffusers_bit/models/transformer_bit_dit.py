@@ -14,6 +14,7 @@ from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.normalization import AdaLayerNormContinuous, AdaLayerNormZero
 
+from ..utils.checks import StrictConfigMixin
 from .layers import Attention, TextConditioningMixin, TextKV, block_text_kv, joint_attention_mask, run_block
 
 
@@ -60,7 +61,7 @@ class BinaryDiTBlock(nn.Module):
         return hidden_states
 
 
-class BinaryDiT(ModelMixin, ConfigMixin, PeftAdapterMixin, TextConditioningMixin):
+class BinaryDiT(StrictConfigMixin, ModelMixin, ConfigMixin, PeftAdapterMixin, TextConditioningMixin):
     r"""Diffusion transformer in 1D binary latent space (Instella-T2I).
 
     Input: noisy bits `z_t` `(B, num_tokens, in_channels)` and the continuous time `t` in [0, 1] (1 = pure noise),
@@ -97,6 +98,7 @@ class BinaryDiT(ModelMixin, ConfigMixin, PeftAdapterMixin, TextConditioningMixin
     _no_split_modules = ["BinaryDiTBlock"]
     _repeated_blocks = ["BinaryDiTBlock"]
     _skip_layerwise_casting_patterns = ["pos_embed", "norm"]
+    _optional_config_keys = ("zero_init_modulation",)
 
     @register_to_config
     def __init__(

@@ -154,11 +154,6 @@ class InstellaARPipeline(InstellaPipelineBase):
                 replaced = "latents" in outputs and outputs["latents"] is not latents
                 if replaced:
                     latents = outputs.pop("latents").to(device=device, dtype=torch.float32)
-                    if latents.shape != (num_images, i + 1, config.in_channels):
-                        raise ValueError(
-                            f"the callback returned `latents` of shape {tuple(latents.shape)}, expected "
-                            f"{(num_images, i + 1, config.in_channels)}"
-                        )
                 if i + 1 < config.num_tokens:
                     logits = self._next_logits(latents, new_tokens, text_kv, self._cache, replaced)
                 progress_bar.update()

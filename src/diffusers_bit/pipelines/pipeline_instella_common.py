@@ -15,6 +15,7 @@ from diffusers.image_processor import VaeImageProcessor
 
 from ..models import BinaryLatentTokenizer
 from ..models.layers import zero_padding
+from ..utils.checks import check_bits, check_finite, check_generator, check_number
 from ..utils.package_models import PACKAGE_REFERENCE_ATTR, REFERENCE_FILE, load_referenced_component, read_reference, write_reference
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
@@ -379,18 +380,10 @@ class InstellaPipelineBase(DiffusionPipeline):
         for name, value in (("height", height), ("width", width)):
             if value is not None:
                 self.image_tokenizer.check_size(name, value, 2 ** len(self.image_tokenizer.config.decoder_upsample_blocks))
-        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) or math.isnan(
-            guidance_scale
-        ) or guidance_scale < 0:
-            raise ValueError(f"`guidance_scale` must be a number >= 0 (1 disables guidance), got {guidance_scale!r}")
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or math.isnan(
-            temperature
-        ) or temperature < 0:
-            raise ValueError(f"`temperature` must be a number >= 0 (0 = greedy), got {temperature!r}")
-        if isinstance(num_images_per_prompt, bool) or not isinstance(num_images_per_prompt, int) or (
-            num_images_per_prompt < 1
-        ):
-            raise ValueError(f"`num_images_per_prompt` must be an int >= 1, got {num_images_per_prompt!r}")
+        check_number("guidance_scale", guidance_scale, low=0, hint=" (1 disables guidance)")
+        check_number("temperature", temperature, low=0, hint=" (0 = greedy)")
+        check_number("num_images_per_prompt", num_images_per_prompt, low=1, integer=True)
+        check_generator("generator", generator)
         if isinstance(generator, (list, tuple)) and len(generator) != batch * num_images_per_prompt:
             raise ValueError(
                 f"`generator` is a list of {len(generator)} generators but {batch * num_images_per_prompt} images "
@@ -403,9 +396,22 @@ class InstellaPipelineBase(DiffusionPipeline):
             raise ValueError(
                 f"`callback_on_step_end_tensor_inputs` has {unknown}; allowed: {self._callback_tensor_inputs}"
             )
-        if isinstance(max_sequence_length, bool) or not isinstance(max_sequence_length, int) or max_sequence_length < 1:
-            raise ValueError(f"`max_sequence_length` must be an int >= 1, got {max_sequence_length!r}")
+        check_number("max_sequence_length", max_sequence_length, low=1, integer=True)
+        limit = self.max_text_positions()
+        if prompt is not None and limit is not None and max_sequence_length > limit:
+            raise ValueError(f"`max_sequence_length` {max_sequence_length} is more than the text encoder embeds "
+                             f"(its position table holds {limit} tokens); pass at most {limit}")  # fmt: skip
         return batch
+
+    def max_text_positions(self) -> Optional[int]:
+        """How many tokens the text encoder's position table holds (`None` when it has none, e.g. rotary LMs)."""
+        config = getattr(self.text_encoder, "config", None)
+        if config is None or getattr(config, "position_embedding_type", "absolute") not in (None, "absolute"):
+            return None
+        if getattr(config, "rope_theta", None) is not None or getattr(config, "rope_parameters", None) is not None:
+            return None  # rotary positions: no table to run past
+        limit = getattr(config, "max_position_embeddings", None)
+        return int(limit) if isinstance(limit, int) and limit > 0 else None
 
     def _check_embeds(self, embeds: torch.Tensor, mask: Optional[torch.Tensor], name: str) -> None:
         config = self.transformer.config
@@ -415,11 +421,16 @@ class InstellaPipelineBase(DiffusionPipeline):
                 f"`{name}_embeds` must hold {layers} layers of width {config.text_embed_dim}, got shape "
                 f"{tuple(embeds.shape)}"
             )
-        if mask is not None and tuple(mask.shape) != tuple(embeds.shape[1:3]):
-            raise ValueError(
-                f"`{name}_attention_mask` must have shape {tuple(embeds.shape[1:3])} (batch, tokens), got "
-                f"{tuple(mask.shape)}"
-            )
+        check_finite(f"{name}_embeds", embeds)
+        if mask is not None:
+            if not isinstance(mask, torch.Tensor):
+                raise TypeError(f"`{name}_attention_mask` must be a torch.Tensor, got {type(mask).__name__}")
+            if tuple(mask.shape) != tuple(embeds.shape[1:3]):
+                raise ValueError(
+                    f"`{name}_attention_mask` must have shape {tuple(embeds.shape[1:3])} (batch, tokens), got "
+                    f"{tuple(mask.shape)}"
+                )
+            check_bits(f"{name}_attention_mask", mask)
 
     @staticmethod
     def _callback_inputs(callback_on_step_end, tensor_inputs):
@@ -473,4 +484,14 @@ class InstellaPipelineBase(DiffusionPipeline):
         if callback is None:
             return {}
         outputs = callback(self, step, timestep, {k: local_vars[k] for k in names})
-        return outputs or {}
+        if outputs is not None and not isinstance(outputs, dict):
+            raise TypeError(f"`callback_on_step_end` must return a dict or None, got {type(outputs).__name__}")
+        outputs = outputs or {}
+        if "latents" in outputs:
+            latents, before = outputs["latents"], local_vars["latents"]
+            if not isinstance(latents, torch.Tensor) or tuple(latents.shape) != tuple(before.shape):
+                shape = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
+                raise ValueError(f"`callback_on_step_end` returned `latents` of shape {shape}; expected "
+                                 f"{tuple(before.shape)} (the bits it was given)")  # fmt: skip
+            check_bits("latents returned by `callback_on_step_end`", latents)
+        return outputs

@@ -11,6 +11,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 
+from ..utils.checks import StrictConfigMixin, check_bits, check_number
 from ..utils.torch_utils import GeneratorType, bernoulli, uniform_bits
 
 ALGORITHMS = ("simplified", "posterior")
@@ -30,7 +31,7 @@ class BernoulliSchedulerOutput(BaseOutput):
     pred_original_sample: torch.Tensor
 
 
-class BernoulliScheduler(SchedulerMixin, ConfigMixin):
+class BernoulliScheduler(StrictConfigMixin, SchedulerMixin, ConfigMixin):
     r"""Bernoulli diffusion in continuous time `t` in [0, 1] (1 = pure noise).
 
     Forward process: `z_t ~ Bernoulli((1 - t) * z_0 + t / 2)`, so `z_1` is uniform noise and `z_0` the data.
@@ -69,6 +70,8 @@ class BernoulliScheduler(SchedulerMixin, ConfigMixin):
 
     order = 1
     _compatibles = []
+    _optional_config_keys = ("algorithm", "rho", "posterior_keep_rate", "timestep_distribution", "logit_mean",
+                             "logit_std")  # every sampling setting has a safe default  # fmt: skip
 
     @register_to_config
     def __init__(
@@ -164,6 +167,7 @@ class BernoulliScheduler(SchedulerMixin, ConfigMixin):
         """
         if self.timesteps is None:
             raise ValueError("call `set_timesteps` before `step`")
+        check_number("temperature", temperature, low=0, hint=" (0 = hard probabilities)")
         algorithm = self.config.algorithm if algorithm is None else algorithm
         _check_choice("algorithm", algorithm, ALGORITHMS)
         if self._step_index is None:
@@ -234,7 +238,15 @@ class BernoulliScheduler(SchedulerMixin, ConfigMixin):
             original_samples (`torch.Tensor` of shape `(B, N, K)`): Clean bits `z_0`.
             timesteps (`float` or `torch.Tensor` of shape `(B,)`): `t` per row, in [0, 1].
         """
+        if not isinstance(original_samples, torch.Tensor):
+            raise TypeError(f"`original_samples` must be a torch.Tensor of bits, got {type(original_samples).__name__}")
+        check_bits("original_samples", original_samples)
         t = torch.as_tensor(timesteps, device=original_samples.device, dtype=torch.float32)
+        if not bool(((t >= 0) & (t <= 1)).all()):  # NaN fails both comparisons
+            raise ValueError(f"`timesteps` must lie in [0, 1] (1 = pure noise), got {t.flatten()[:8].tolist()}")
+        if t.numel() not in (1, original_samples.shape[0]):
+            raise ValueError(f"`timesteps` must be a scalar or have one entry per row ({original_samples.shape[0]}), "
+                             f"got {t.numel()}")  # fmt: skip
         t = t.reshape(-1, *([1] * (original_samples.ndim - 1)))
         probs = (1.0 - t) * original_samples.float() + t / 2
         return bernoulli(probs, generator).to(original_samples.dtype)
