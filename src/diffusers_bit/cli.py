@@ -3,6 +3,7 @@
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -16,9 +17,18 @@ def _dtype(name):
     return None if name in (None, "keep") else getattr(torch, DTYPES[name])
 
 
-def _refuse_existing(path: Path, overwrite: bool) -> None:
-    if path.exists() and not overwrite:
-        raise SystemExit(f"error: {path} already exists; pass --overwrite to replace it")
+def _refuse_existing(path: Path, overwrite: bool, suffixes=None, name: str = "--output") -> Path:
+    """Check an output path before any work (extension, parent folder, existing file): see `check_output_path`."""
+    from .utils.checks import check_output_path
+
+    return check_output_path(name, path, suffixes, overwrite)
+
+
+def _write_json(path: Path, report: dict, overwrite: bool) -> None:
+    from .utils.checks import write_file_atomically
+
+    write_file_atomically(path, (json.dumps(report, indent=2) + "\n").encode("utf-8"), overwrite)
+    print(f"saved {path}")
 
 
 # the demo's default prompts: seen compositions and held-out ones (never in the shapes-world training split)
@@ -56,21 +66,26 @@ def _save_outputs(pipe, args, prompts: list, label: str, started: float) -> None
     from .utils import pack_bits
     from .utils.image_grid import image_grid
 
+    from .utils.checks import image_bytes, write_file_atomically
+
     output = Path(args.output)
     bits_paths = _bits_paths(output, len(prompts))
-    for path in [output, *bits_paths]:
-        _refuse_existing(path, args.overwrite)
     bits = _sample_bits(pipe, prompts, args)
     images = pipe.decode_latents(bits, args.size, args.size)
-    output.parent.mkdir(parents=True, exist_ok=True)
     if len(images) == 1:
-        images[0].save(output)
+        picture = images[0]
     else:
         scale = max(1, 128 // images[0].size[0])
-        image_grid(images, cols=min(4, len(images)), captions=prompts, scale=scale).save(output)
+        picture = image_grid(images, cols=min(4, len(images)), captions=prompts, scale=scale)
     packed = pack_bits(bits.cpu()).numpy()
-    for path, row in zip(bits_paths, packed):
-        path.write_bytes(row.tobytes())
+    written = []
+    try:
+        for path, data in [(output, image_bytes(picture, output)), *zip(bits_paths, (r.tobytes() for r in packed))]:
+            written.append(write_file_atomically(path, data, args.overwrite))
+    except FileExistsError:
+        for path in written if not args.overwrite else []:  # all or nothing: remove what this command created
+            path.unlink()
+        raise
     print(
         f"{label}: {type(pipe).__name__}, {len(prompts)} image(s) of {bits.shape[1]} tokens x {bits.shape[2]} bits "
         f"({packed.shape[1]} bytes each) -> {images[0].size[0]}x{images[0].size[1]} in {time.time() - started:.1f}s\n"
@@ -79,11 +94,21 @@ def _save_outputs(pipe, args, prompts: list, label: str, started: float) -> None
     )
 
 
+def _check_sampling_outputs(args, count: int) -> None:
+    """Before any model loads: the image path (extension, parent) and every .bits path next to it."""
+    from .utils.checks import IMAGE_SUFFIXES
+
+    output = _refuse_existing(Path(args.output), args.overwrite, IMAGE_SUFFIXES)
+    for path in _bits_paths(output, count):
+        _refuse_existing(path, args.overwrite)
+
+
 def cmd_demo(args) -> None:
     from .presets import build_pipeline, preset_path
 
     started = time.time()
     prompts = list(args.prompt) if args.prompt else list(DEMO_PROMPTS)
+    _check_sampling_outputs(args, len(prompts))
     if args.preset is not None:  # random weights from an architecture preset (smoke test of the plumbing)
         pipe = build_pipeline(args.preset, args.kind, seed=0)
         label = f"demo ({args.preset} preset, random weights)"
@@ -103,13 +128,15 @@ def cmd_generate(args) -> None:
 
     from .pipelines import InstellaARPipeline, InstellaT2IPipeline
 
+    from .utils.checks import check_device
+
     started = time.time()
-    output = Path(args.output)
-    _refuse_existing(output, args.overwrite)
+    _check_sampling_outputs(args, len(args.prompt))
+    device = check_device("--device", args.device)
     cls = InstellaT2IPipeline if args.kind == "diffusion" else InstellaARPipeline
     pipe = cls.from_pretrained(args.model, torch_dtype=_dtype(args.dtype) or torch.float32)
-    if args.device:
-        pipe.to(args.device)
+    if device is not None:
+        pipe.to(device)
     _save_outputs(pipe, args, list(args.prompt), args.model, started)
 
 
@@ -148,13 +175,16 @@ def cmd_eval_reconstruction(args) -> None:
 
     if not args.shapes_dir and not args.photos:
         raise ValueError("nothing to evaluate: pass --shapes_dir DIR and/or --photos")
+    from .utils.checks import check_device
+
     if args.output:
-        _refuse_existing(Path(args.output), args.overwrite)
+        _refuse_existing(Path(args.output), args.overwrite, {".json"})
+    device = check_device("--device", args.device)
     tokenizer = _load_image_tokenizer(args.image_tokenizer)
     if args.dtype not in (None, "keep"):
         tokenizer.to(_dtype(args.dtype))
-    if args.device:
-        tokenizer.to(args.device)
+    if device is not None:
+        tokenizer.to(device)
     datasets = {}
     if args.shapes_dir:
         folder = Path(args.shapes_dir)
@@ -175,10 +205,7 @@ def cmd_eval_reconstruction(args) -> None:
         )  # fmt: skip
     print(format_reconstruction_report(report), end="")
     if args.output:
-        output = Path(args.output)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(report, indent=2))
-        print(f"saved {output}")
+        _write_json(Path(args.output), report, args.overwrite)
 
 
 def cmd_shapes_data(args) -> None:
@@ -200,32 +227,36 @@ def cmd_shapes_eval(args) -> None:
     if not metadata.is_file():
         raise ValueError(f"{metadata} not found: --images_dir needs a metadata.jsonl with `file_name` and `text`")
     if args.output:
-        _refuse_existing(Path(args.output), args.overwrite)
+        _refuse_existing(Path(args.output), args.overwrite, {".json"})
     records = []
     for number, line in enumerate(metadata.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
-        row = json.loads(line)
-        if "file_name" not in row or not (row.get("text") or row.get("spec")):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{metadata}, line {number}: invalid JSON ({error.msg})") from None
+        if not isinstance(row, dict) or "file_name" not in row or not (row.get("text") or row.get("spec")):
             raise ValueError(f"{metadata}, line {number}: every row needs `file_name` and `text` (or `spec`)")
-        if not (folder / row["file_name"]).is_file():
-            raise ValueError(f"{metadata}, line {number}: {folder / row['file_name']} does not exist")
         records.append({"image": str(folder / row["file_name"]), "file_name": row["file_name"],
                         "text": row.get("text"), "spec": row.get("spec")})  # fmt: skip
     if not records:
         raise ValueError(f"{metadata} lists no images")
-    report = evaluate_images(records)
+    report = evaluate_images(records, skip_unreadable=True)
     print(format_report(report))
+    if report.get("skipped"):
+        print(f"skipped {len(report['skipped'])} unreadable image(s): " + ", ".join(report["skipped"][:5]))
     if args.output:
-        output = Path(args.output)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(report, indent=2))
-        print(f"saved {output}")
+        _write_json(Path(args.output), report, args.overwrite)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="diffusers-bit", description=__doc__)
+    parser.add_argument("--debug", action="store_true",
+                        help=f"show the Python traceback of a failure (or set {DEBUG_ENV}=1)")  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of a failure")
 
     def sampling(p, default_output, default_prompt):
         p.add_argument("--prompt", nargs="+", default=default_prompt,
@@ -240,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
 
-    demo = sub.add_parser("demo", help="generate offline with the shipped shapes-world models (captioned grid + bits)")
+    demo = sub.add_parser("demo", parents=[common], help="generate offline with the shipped shapes-world models (captioned grid + bits)")
     sampling(demo, "outputs/demo.png", None)
     demo.add_argument("--model", default=None,
                       help="pipeline folder (default: the shipped pipelines/shapes-64-diffusion or shapes-64-ar)")
@@ -248,14 +279,14 @@ def build_parser() -> argparse.ArgumentParser:
                       help="instead of trained weights, random weights from this architecture preset (e.g. tiny)")
     demo.set_defaults(func=cmd_demo)
 
-    gen = sub.add_parser("generate", help="generate with a saved pipeline folder or Hub repo id")
+    gen = sub.add_parser("generate", parents=[common], help="generate with a saved pipeline folder or Hub repo id")
     gen.add_argument("--model", required=True)
     sampling(gen, "outputs/image.png", ["a lighthouse on a cliff at sunset, oil painting"])
     gen.add_argument("--dtype", choices=list(DTYPES), default="float32")
     gen.add_argument("--device", default=None)
     gen.set_defaults(func=cmd_generate)
 
-    conv = sub.add_parser("convert", help="convert the authors' checkpoints (amd/Instella-T2I) to diffusers")
+    conv = sub.add_parser("convert", parents=[common], help="convert the authors' checkpoints (amd/Instella-T2I) to diffusers")
     conv.add_argument("--checkpoint_dir", required=True, help="folder with bae/model.safetensors, diffusion.pt, ar.pt")
     conv.add_argument("--output_dir", required=True)
     conv.add_argument("--text_encoder", default=None,
@@ -265,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--overwrite", action="store_true")
     conv.set_defaults(func=cmd_convert)
 
-    rec = sub.add_parser("eval-reconstruction", help="PSNR/SSIM (and rFID/LPIPS/CLIP-I with local weights) of the "
+    rec = sub.add_parser("eval-reconstruction", parents=[common], help="PSNR/SSIM (and rFID/LPIPS/CLIP-I with local weights) of the "
                          "image tokenizer at every decode resolution")  # fmt: skip
     rec.add_argument("--image_tokenizer", required=True, help="tokenizer folder, or a pipeline folder")
     rec.add_argument("--shapes_dir", default=None, help="folder of PNG images (its --split subfolder if present)")
@@ -277,14 +308,16 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--batch_size", type=int, default=8)
     rec.add_argument("--output", default=None, help="JSON report path")
     rec.add_argument("--overwrite", action="store_true")
-    rec.add_argument("--inception_weights", default=None, help="TorchScript Inception file for rFID")
+    rec.add_argument("--inception_weights", default=None,
+                     help="TorchScript Inception file for rFID. Loading TorchScript runs code from the file: pass only "
+                          "files you trust (e.g. the pt_inception-2015-12-05 file of pytorch-fid)")  # fmt: skip
     rec.add_argument("--lpips_weights", default=None, help="LPIPS-VGG weights (folder or file) for LPIPS")
     rec.add_argument("--clip_model", default=None, help="local transformers CLIP folder for CLIP image similarity")
     rec.add_argument("--dtype", choices=["keep", *DTYPES], default="keep")
     rec.add_argument("--device", default=None)
     rec.set_defaults(func=cmd_eval_reconstruction)
 
-    sdata = sub.add_parser("shapes-data", help="write the shapes-world data set (imagefolder, train/validation/test)")
+    sdata = sub.add_parser("shapes-data", parents=[common], help="write the shapes-world data set (imagefolder, train/validation/test)")
     sdata.add_argument("--output_dir", required=True)
     sdata.add_argument("--num_train", type=int, default=20000)
     sdata.add_argument("--num_validation", type=int, default=600)
@@ -294,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     sdata.add_argument("--overwrite", action="store_true", help="replace the shapes data in a non-empty --output_dir")
     sdata.set_defaults(func=cmd_shapes_data)
 
-    seval = sub.add_parser("shapes-eval", help="ShapesEval (GenEval-style) of a folder of shapes-world images")
+    seval = sub.add_parser("shapes-eval", parents=[common], help="ShapesEval (GenEval-style) of a folder of shapes-world images")
     seval.add_argument("--images_dir", required=True,
                        help="folder with the PNGs and a metadata.jsonl (file_name, text)")  # fmt: skip
     seval.add_argument("--output", default=None, help="JSON report path")
@@ -303,12 +336,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+DEBUG_ENV = "DIFFUSERS_BIT_DEBUG"
+
+
 def main(argv=None) -> None:
+    r"""Run a subcommand. Any failure is reported as one line on stderr (`error: ...`) with exit status 1 (2 for bad
+    flags, from argparse); `--debug` or `DIFFUSERS_BIT_DEBUG=1` shows the traceback instead."""
     args = build_parser().parse_args(argv)
+    debug = args.debug or os.environ.get(DEBUG_ENV, "").strip().lower() in ("1", "true", "yes", "on")
     try:
         args.func(args)
-    except (ValueError, TypeError) as err:
-        sys.exit(f"error: {err}")
+    except KeyboardInterrupt:
+        sys.exit("error: interrupted")
+    except Exception as err:  # noqa: BLE001 (the command line turns every failure into one line)
+        if debug:
+            raise
+        sys.exit(f"error: {_one_line(err)}")
+
+
+def _one_line(err: BaseException) -> str:
+    """The message of an exception on one line, with its type when the message alone would be unclear."""
+    message = " ".join(str(err).split()) or type(err).__name__
+    if "out of memory" in message.lower() or type(err).__name__ == "OutOfMemoryError":
+        return f"out of memory: {message[:300]} (try a smaller --size, fewer prompts, or --dtype bfloat16)"
+    if isinstance(err, (ValueError, TypeError, FileNotFoundError, FileExistsError)):
+        return message
+    return f"{type(err).__name__}: {message}"
 
 
 if __name__ == "__main__":

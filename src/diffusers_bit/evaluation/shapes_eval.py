@@ -495,25 +495,36 @@ def _record_image(record: Any):
     return image, prompt
 
 
-def evaluate_images(records: Iterable, position_margin: float = 0.05, **analyse_kwargs) -> dict:
+def evaluate_images(
+    records: Iterable, position_margin: float = 0.05, skip_unreadable: bool = False, **analyse_kwargs
+) -> dict:
     r"""Score many images and aggregate per category.
 
     Args:
         records (`Iterable`): Mappings with `image` (PIL image, array or path) and `spec` (dict or JSON string) or
             `text` (a caption); or `(image, prompt_or_spec)` pairs. A mapping's `file_name` is kept in the results.
         position_margin, analyse_kwargs: As in [`score_image`].
+        skip_unreadable (`bool`, defaults to `False`): Skip images given as paths that cannot be decoded (missing,
+            truncated or not images) and list them under `skipped` instead of raising.
 
     Returns:
         `dict`: `overall` (mean of the per-category accuracies, as in GenEval), `num_images`, `num_correct`,
         `categories` (`{category: {"accuracy", "correct", "total"}}` in the order of `CATEGORIES`) and `results`
-        (per image: `text`, `category`, `correct`, `reason`, `objects`, and `file_name` when given).
+        (per image: `text`, `category`, `correct`, `reason`, `objects`, and `file_name` when given); with
+        `skip_unreadable`, `skipped` lists the paths of the images that could not be read.
     """
-    results = []
+    results, skipped = [], []
     for record in records:
         image, prompt = _record_image(record)
         if prompt is None:
             raise ValueError("every record needs a `text` or a `spec`")
         spec = _as_spec(prompt)
+        if skip_unreadable and isinstance(image, (str, os.PathLike)):
+            try:
+                image = load_rgb(image)
+            except (OSError, ValueError, SyntaxError):  # PIL raises all three for damaged files
+                skipped.append(str(image))
+                continue
         score = score_image(image, spec, position_margin=position_margin, **analyse_kwargs)
         row = {"text": spec_to_caption(spec), "category": spec["category"], "correct": score.correct,
                "reason": score.reason, "objects": [o.to_dict() for o in score.objects]}  # fmt: skip
@@ -527,8 +538,11 @@ def evaluate_images(records: Iterable, position_margin: float = 0.05, **analyse_
             correct = sum(r["correct"] for r in rows)
             categories[category] = {"accuracy": correct / len(rows), "correct": correct, "total": len(rows)}
     overall = float(np.mean([c["accuracy"] for c in categories.values()])) if categories else float("nan")
-    return {"overall": overall, "num_images": len(results), "num_correct": sum(r["correct"] for r in results),
-            "categories": categories, "results": results}  # fmt: skip
+    report = {"overall": overall, "num_images": len(results), "num_correct": sum(r["correct"] for r in results),
+              "categories": categories, "results": results}  # fmt: skip
+    if skip_unreadable:
+        report["skipped"] = skipped
+    return report
 
 
 def format_report(report: dict) -> str:

@@ -39,6 +39,7 @@ class InstellaARPipeline(InstellaPipelineBase):
         transformer ([`BinaryARTransformer`]): The autoregressive model.
     """
 
+    _pipeline_kind = "InstellaARPipeline"
     _sampling_defaults = {"guidance_scale": 8.5, "temperature": 0.6, "use_kv_cache": True}
 
     def __init__(

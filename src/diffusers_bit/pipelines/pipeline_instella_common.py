@@ -15,19 +15,26 @@ from diffusers.image_processor import VaeImageProcessor
 
 from ..models import BinaryLatentTokenizer
 from ..models.layers import zero_padding
-from ..utils.checks import check_bits, check_finite, check_generator, check_number
-from ..utils.package_models import PACKAGE_REFERENCE_ATTR, REFERENCE_FILE, load_referenced_component, read_reference, write_reference
+from ..utils.checks import (
+    check_bits,
+    check_component_folder,
+    check_finite,
+    check_generator,
+    check_number,
+    read_json_file,
+)
+from ..utils.hub import hub_offline, resolve_snapshot  # noqa: F401 (hub_offline: re-exported for older imports)
+from ..utils.package_models import (
+    PACKAGE_REFERENCE_ATTR,
+    REFERENCE_FILE,
+    load_referenced_component,
+    read_reference,
+    write_reference,
+)
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
-_TRUE = {"1", "on", "yes", "true"}
-
-
-def hub_offline() -> bool:
-    """`HF_HUB_OFFLINE` as set now (read at call time, not at import)."""
-    env = os.environ.get("HF_HUB_OFFLINE")
-    if env is not None:
-        return env.strip().lower() in _TRUE
-    return bool(huggingface_hub.constants.HF_HUB_OFFLINE)
+# pipeline class -> the generator class its folders hold
+INSTELLA_PIPELINES = {"InstellaT2IPipeline": "BinaryDiT", "InstellaARPipeline": "BinaryARTransformer"}
 
 
 def is_causal_text_encoder(text_encoder) -> bool:
@@ -76,6 +83,7 @@ class InstellaPipelineBase(DiffusionPipeline):
     """
 
     model_cpu_offload_seq = "text_encoder->transformer->image_tokenizer"
+    _pipeline_kind: str = ""  # the key of INSTELLA_PIPELINES whose folders this class loads; subclasses set it
     _callback_tensor_inputs = ["latents"]
     # defaults shown in the model card; subclasses override
     _sampling_defaults: dict = {}
@@ -119,21 +127,39 @@ class InstellaPipelineBase(DiffusionPipeline):
         classes for repo ids), honouring `revision`, `cache_dir`, `token`, `local_files_only` and `HF_HUB_OFFLINE`;
         every other keyword (`torch_dtype`, `variant`, ...) goes to `DiffusionPipeline.from_pretrained`.
         """
-        path = os.fspath(pretrained_model_name_or_path)
-        if not os.path.isdir(path):
-            path = huggingface_hub.snapshot_download(
-                path,
-                revision=kwargs.pop("revision", None),
-                cache_dir=kwargs.get("cache_dir"),
-                token=kwargs.pop("token", None),
-                local_files_only=bool(kwargs.get("local_files_only", False)) or hub_offline(),
-                ignore_patterns=["checkpoint-*/*", "*.pt", "*.ckpt"],
-            )
+        path = resolve_snapshot(pretrained_model_name_or_path, revision=kwargs.pop("revision", None),
+                                cache_dir=kwargs.get("cache_dir"), token=kwargs.pop("token", None),
+                                local_files_only=kwargs.get("local_files_only", False))  # fmt: skip
+        if "dtype" in kwargs and "torch_dtype" not in kwargs:  # diffusers 0.42's name; both are accepted
+            kwargs["torch_dtype"] = kwargs.pop("dtype")
+        cls.check_pipeline_folder(path, passed=set(kwargs))
         for name in ("tokenizer", "text_encoder"):
             reference = read_reference(os.path.join(path, name))
             if reference is not None and name not in kwargs:
                 kwargs[name] = load_referenced_component(name, reference, kwargs.get("torch_dtype"))
-        return super().from_pretrained(path, **kwargs)
+        return super().from_pretrained(str(path), **kwargs)
+
+    @classmethod
+    def check_pipeline_folder(cls, path: Union[str, os.PathLike], passed: frozenset = frozenset()) -> None:
+        r"""Before anything loads: `model_index.json` parses, the folder holds this kind of pipeline (a diffusion
+        folder is refused by the AR class and vice versa, naming what was found), and every listed component not
+        `passed` in has its folder, parseable JSON files and readable safetensors headers. Errors name the file."""
+        index = read_json_file(os.path.join(path, "model_index.json"), "the pipeline index")
+        if not isinstance(index, dict):
+            raise ValueError(f"{os.path.join(path, 'model_index.json')} must hold a JSON object")
+        transformer = index.get("transformer")
+        transformer = transformer[1] if isinstance(transformer, list) and len(transformer) == 2 else None
+        expected = INSTELLA_PIPELINES[cls._pipeline_kind]
+        if transformer is not None and transformer != expected:
+            right = {v: k for k, v in INSTELLA_PIPELINES.items()}.get(transformer, "the class that saved it")
+            raise ValueError(f"{path} holds {index.get('_class_name')} (its transformer is {transformer}); "
+                             f"{cls.__name__} needs a {expected}: load it with {right}")  # fmt: skip
+        for name, entry in index.items():
+            if name.startswith("_") or name in passed or not (isinstance(entry, list) and entry and entry[0]):
+                continue
+            folder = os.path.join(path, name)
+            if read_reference(folder) is None:
+                check_component_folder(folder, name)
 
     def save_pretrained(self, save_directory: Union[str, os.PathLike], *args, **kwargs) -> None:
         r"""`DiffusionPipeline.save_pretrained`; a text tokenizer / encoder that was loaded from an installed package

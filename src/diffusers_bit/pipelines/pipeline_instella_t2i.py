@@ -45,6 +45,7 @@ class InstellaT2IPipeline(InstellaPipelineBase):
     """
 
     _callback_tensor_inputs = ["latents", "pred_original_sample"]
+    _pipeline_kind = "InstellaT2IPipeline"
     _sampling_defaults = {
         "num_inference_steps": 20,
         "guidance_scale": 5.0,

@@ -24,7 +24,8 @@ import huggingface_hub
 import torch
 
 from ..models import BinaryARTransformer, BinaryDiT, BinaryLatentTokenizer
-from ..pipelines.pipeline_instella_common import hub_offline
+from ..utils.checks import hub_error_message, looks_like_path, read_json_file
+from ..utils.hub import hub_offline, resolve_snapshot
 from ..presets import load_preset_config, preset_path, preset_text_component
 from ..utils.package_models import is_package_location, load_referenced_component, read_reference
 
@@ -58,16 +59,23 @@ def _is_local(path: Optional[str]) -> bool:
 
 
 def _read_json(name_or_path: str, filename: str, revision: Optional[str], cache_dir: Optional[str]) -> Optional[dict]:
-    """A small JSON file of a local folder or Hub repo (only that file is downloaded); `None` when absent."""
+    r"""A small JSON file of a local folder or Hub repo (only that file is downloaded); `None` when absent. A
+    path-like argument that does not exist, an unreachable repo and invalid JSON raise errors naming them."""
     if _is_local(name_or_path):
         path = Path(name_or_path) / filename
-        return json.loads(path.read_text()) if path.is_file() else None
+        return read_json_file(path) if path.is_file() else None
+    if looks_like_path(name_or_path) or os.path.exists(name_or_path):
+        raise FileNotFoundError(f"{name_or_path!r} does not exist (no such folder)")
     try:
         path = huggingface_hub.hf_hub_download(name_or_path, filename, revision=revision, cache_dir=cache_dir,
                                                local_files_only=hub_offline())  # fmt: skip
     except huggingface_hub.errors.EntryNotFoundError:
         return None
-    return json.loads(Path(path).read_text())
+    except huggingface_hub.errors.HFValidationError:
+        raise FileNotFoundError(f"{name_or_path!r} is neither a folder nor a Hub repo id ('org/name')") from None
+    except (OSError, ValueError, huggingface_hub.errors.HfHubHTTPError) as error:
+        raise OSError(hub_error_message(name_or_path, error)) from None
+    return read_json_file(path)
 
 
 def plan_components(
@@ -164,14 +172,8 @@ def resolve_pretrained(plan: ComponentPlan) -> Optional[Path]:
     """Local folder of the pretrained pipeline (downloaded once for a repo id)."""
     if plan.pretrained is None:
         return None
-    if _is_local(plan.pretrained):
-        return Path(plan.pretrained)
-    return Path(
-        huggingface_hub.snapshot_download(
-            plan.pretrained, revision=plan.revision, cache_dir=plan.cache_dir, local_files_only=hub_offline(),
-            ignore_patterns=["checkpoint-*/*", "*.pt", "*.ckpt"],
-        )
-    )  # fmt: skip
+    return resolve_snapshot(plan.pretrained, revision=plan.revision, cache_dir=plan.cache_dir,
+                            argument="--pretrained_model_name_or_path")  # fmt: skip
 
 
 def _text_model_class(config):

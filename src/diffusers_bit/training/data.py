@@ -473,6 +473,34 @@ def detect_local_format(folder: Union[str, os.PathLike]) -> str:
     return "imagefolder"
 
 
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+def check_train_data_dir(folder: Union[str, os.PathLike], flag: str = "--train_data_dir") -> str:
+    r"""Up-front check of a local data folder (before any model loads): it exists, holds images, webdataset tars or
+    parquet files, and every `metadata.jsonl` in it parses (errors name the file and line). Returns the format."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"`{flag}` {str(folder)!r} is not a folder")
+    fmt = detect_local_format(folder)
+    if fmt == "imagefolder":
+        if not any(p.suffix.lower() in IMAGE_EXTENSIONS for p in folder.rglob("*") if p.is_file()):
+            raise ValueError(f"`{flag}` {str(folder)!r} holds no images ({', '.join(IMAGE_EXTENSIONS)}), webdataset "
+                             ".tar or .parquet files")  # fmt: skip
+        for metadata in sorted(folder.rglob("metadata.jsonl")):
+            with open(metadata, encoding="utf-8", errors="replace") as handle:
+                for number, line in enumerate(handle, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError as error:
+                        raise ValueError(f"{metadata}, line {number}: invalid JSON ({error.msg})") from None
+                    if not isinstance(row, dict) or "file_name" not in row:
+                        raise ValueError(f"{metadata}, line {number}: every row must be an object with a `file_name`")
+    return fmt
+
+
 def build_source(
     dataset_name: Optional[str] = None,
     train_data_dir: Optional[str] = None,

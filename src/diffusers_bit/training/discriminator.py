@@ -188,7 +188,7 @@ def build_backbone(spec: str = DEFAULT_BACKBONE, cache_dir: Optional[str] = None
             backbone = ViTModel(ViTConfig(**values), add_pooling_layer=False)
         logger.warning("discriminator: a RANDOM ViT backbone (%s); only for tests and smoke runs", spec)
         return backbone
-    from ..pipelines.pipeline_instella_common import hub_offline
+    from ..utils.hub import hub_offline
 
     kwargs = {"cache_dir": cache_dir} if not os.path.isdir(spec) else {}
     if not os.path.isdir(spec) and hub_offline():

@@ -329,7 +329,7 @@ def load_state_dict_file(path: Union[str, os.PathLike]) -> dict:
 def _download(repo_id: str, cache_dir: Optional[str], revision: Optional[str]) -> Path:
     import huggingface_hub
 
-    from ..pipelines.pipeline_instella_common import hub_offline
+    from ..utils.hub import hub_offline
 
     try:
         return Path(huggingface_hub.snapshot_download(

@@ -11,6 +11,7 @@ card lists. What a script trains, and how, stays in the script.
 import argparse
 import json
 import logging
+import math
 import os
 import random
 import sys
@@ -27,7 +28,7 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 
 from .checkpointing import TRAINING_STATE, remove_stale_temp_dirs, resolve_resume_checkpoint
-from .data import SKIP_REASONS, BatchDataset, SkipStats, derive_seed, identity_collate
+from .data import SKIP_REASONS, BatchDataset, SkipStats, check_train_data_dir, derive_seed, identity_collate
 from .hub import create_hub_repo
 from .utils import accelerator_cpu_flag
 
@@ -134,8 +135,28 @@ def check_common_args(args: argparse.Namespace, positive: Sequence[str] = (), no
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise ValueError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
     for flag in ("lr_warmup_steps", "dataloader_num_workers", *non_negative):
-        if getattr(args, flag) < 0:
+        if not getattr(args, flag) >= 0:  # NaN fails too
             raise ValueError(f"--{flag} must be >= 0, got {getattr(args, flag)}")
+    for flag in ("learning_rate", "adam_epsilon"):
+        if not (getattr(args, flag) > 0 and math.isfinite(getattr(args, flag))):
+            raise ValueError(f"--{flag} must be a finite number > 0, got {getattr(args, flag)}")
+    for flag in ("adam_beta1", "adam_beta2"):
+        if not 0 <= getattr(args, flag) < 1:
+            raise ValueError(f"--{flag} must be in [0, 1), got {getattr(args, flag)}")
+    for flag in ("adam_weight_decay", "max_grad_norm"):
+        if not (getattr(args, flag) >= 0 and math.isfinite(getattr(args, flag))):
+            raise ValueError(f"--{flag} must be a finite number >= 0, got {getattr(args, flag)}")
+    if getattr(args, "ema_decay", None) is not None and not 0 <= args.ema_decay <= 1:
+        raise ValueError(f"--ema_decay must be in [0, 1], got {args.ema_decay}")
+    output_dir = Path(args.output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"--output_dir {args.output_dir!r} is a file, not a folder")
+    resume = args.resume_from_checkpoint
+    if resume and resume != "latest" and not (Path(resume).is_dir() or (output_dir / resume).is_dir()):
+        raise ValueError(f"--resume_from_checkpoint {resume!r} does not exist (neither a folder nor a checkpoint in "
+                         f"--output_dir {args.output_dir!r}); pass 'latest' to resume from the newest one if any")  # fmt: skip
+    if getattr(args, "train_data_dir", None):
+        check_train_data_dir(args.train_data_dir)
     if args.push_to_hub and args.hub_model_id is None:
         args.hub_model_id = Path(args.output_dir).resolve().name
 

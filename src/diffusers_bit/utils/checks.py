@@ -148,6 +148,22 @@ class StrictConfigMixin:
             check_config_keys(cls, config, kwargs)
         return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path=None, subfolder=None, **kwargs):
+        r"""diffusers' `from_pretrained`, after cheap checks that name what is wrong: a path-like argument that does
+        not exist is a `FileNotFoundError` (not a "repo id" error); a local folder's JSON files must parse and its
+        safetensors headers must be readable. `dtype=` (diffusers 0.42) and `torch_dtype=` are both accepted."""
+        path = os.fspath(pretrained_model_name_or_path) if pretrained_model_name_or_path is not None else None
+        if path is not None and not os.path.isdir(path):
+            if os.path.exists(path):
+                raise FileNotFoundError(f"`pretrained_model_name_or_path` {path!r} is a file; pass the folder that holds it")
+            if looks_like_path(path):
+                raise FileNotFoundError(f"`pretrained_model_name_or_path` {path!r} does not exist (no such folder)")
+        elif path is not None:
+            folder = Path(path, subfolder) if subfolder else Path(path)
+            check_component_folder(folder, subfolder or folder.name)
+        return super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
+
 
 def check_config_keys(cls, config: dict, overrides: Optional[dict] = None) -> None:
     """The check of [`StrictConfigMixin`]: unknown keys and missing required keys of `config` for `cls`."""
@@ -174,3 +190,107 @@ def check_config_keys(cls, config: dict, overrides: Optional[dict] = None) -> No
         if missing:
             parts.append(f"missing keys {missing} (no safe default: they decide the architecture)")
         raise ValueError(f"{cls.__name__} config: " + "; ".join(parts) + f". Known keys: {sorted(known)}")
+
+
+IMAGE_SUFFIXES = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP"}
+
+
+def check_output_path(name: str, path: Union[str, os.PathLike], suffixes=None, overwrite: bool = False) -> Path:
+    r"""An output file path that can be written: an accepted extension (`suffixes`, default: any), a parent that is a
+    folder or can be created (not a file), and no existing file unless `overwrite` (an existing folder is refused
+    always). Called before any heavy work; the write itself goes through [`write_file_atomically`]."""
+    path = Path(path)
+    if suffixes is not None and path.suffix.lower() not in suffixes:
+        raise ValueError(f"`{name}` {str(path)!r} must end with one of {sorted(suffixes)}")
+    for parent in [path.parent, *path.parent.parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"`{name}` {str(path)!r}: {str(parent)!r} is a file, not a folder")
+            break
+    if path.is_dir():
+        raise ValueError(f"`{name}` {str(path)!r} is a folder")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; pass --overwrite to replace it")
+    return path
+
+
+def write_file_atomically(path: Union[str, os.PathLike], data: bytes, overwrite: bool = False) -> Path:
+    r"""Write `data` to `path` through a temporary file in the same folder, then move it into place in one step:
+    `os.replace` with `overwrite`, otherwise an exclusive `os.link` that fails if the file appeared meanwhile (a file
+    created by someone else after the up-front check is never replaced). A reader never sees a partial file."""
+    import tempfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as f:
+            f.write(data)
+        if overwrite:
+            os.replace(temp, path)
+        else:
+            try:
+                os.link(temp, path)
+            except FileExistsError:
+                raise FileExistsError(f"{path} already exists (created while this command ran); nothing was "
+                                      "replaced, pass --overwrite to replace it") from None  # fmt: skip
+            except OSError:  # file systems without hard links: exclusive create, then copy
+                with open(path, "xb") as f:
+                    f.write(data)
+    finally:
+        if os.path.exists(temp):
+            os.unlink(temp)
+    return path
+
+
+def image_bytes(image, path: Union[str, os.PathLike]) -> bytes:
+    """Encode a PIL image in the format of `path`'s extension."""
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format=IMAGE_SUFFIXES.get(Path(path).suffix.lower(), "PNG"))
+    return buffer.getvalue()
+
+
+def check_safetensors_file(path: Union[str, os.PathLike]) -> None:
+    """Read the header of a `.safetensors` file (cheap); a truncated or foreign file raises a `ValueError` naming it."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            keys = list(f.keys())
+            size = os.path.getsize(path)
+            for key in keys[-1:]:  # the data of the last tensor must lie inside the file
+                f.get_slice(key)
+    except Exception as error:  # noqa: BLE001 (safetensors raises its own error types)
+        raise ValueError(f"{path} is not a readable safetensors file (truncated or corrupt?): "
+                         f"{' '.join(str(error).split())[:200]}") from None  # fmt: skip
+    if size < 8:
+        raise ValueError(f"{path} is not a readable safetensors file (truncated)")
+
+
+def check_component_folder(folder: Union[str, os.PathLike], name: str) -> None:
+    r"""Cheap checks of a saved component before diffusers/transformers load it: it exists, its JSON files parse and
+    its safetensors files have a readable header; errors name the file."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"component `{name}` is listed in model_index.json but its folder {folder} is missing")
+    for path in sorted(folder.glob("*.json")):
+        read_json_file(path)
+    for path in sorted(folder.glob("*.safetensors")):
+        check_safetensors_file(path)
+
+
+def hub_error_message(repo_id: str, error: BaseException) -> str:
+    """One explanation of why a Hub repo could not be fetched, and what to try."""
+    kind = type(error).__name__
+    if kind == "RepositoryNotFoundError":
+        reason = "no such repo, or it is private (pass `token=` / log in with `huggingface-cli login`)"
+    elif kind == "RevisionNotFoundError":
+        reason = "the `revision` does not exist in this repo"
+    elif kind in ("LocalEntryNotFoundError", "OfflineModeIsEnabled"):
+        reason = ("it is not in the local cache and the Hub cannot be reached (offline: download it once with "
+                  "network access, or pass a local folder)")  # fmt: skip
+    else:
+        reason = " ".join(str(error).split())[:200] or kind
+    return f"could not load {repo_id!r} from the Hugging Face Hub: {reason}. If it is meant as a local folder, check the path"
