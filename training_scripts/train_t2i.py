@@ -66,6 +66,7 @@ from diffusers_bit.training.components import (
 )
 from diffusers_bit.training.data import SKIP_REASONS, SkipStats
 from diffusers_bit.training.latent_store import HEADER as LATENT_STORE_HEADER
+from diffusers_bit.utils.checks import read_json_file
 from diffusers_bit.training.script_utils import (
     add_checkpointing_args,
     add_ema_args,
@@ -180,8 +181,14 @@ def validate_args(args: argparse.Namespace) -> None:
     if args.latents_dir and args.streaming:
         raise ValueError("--streaming does not apply to --latents_dir (a latent store is memory-mapped)")
     if args.latents_dir:  # the store fixes the resolution the latents were encoded at
+        if not Path(args.latents_dir).is_dir():
+            raise ValueError(f"--latents_dir {args.latents_dir!r} is not a folder (write one with precompute_latents.py)")
         header = Path(args.latents_dir, LATENT_STORE_HEADER)
-        stored = json.loads(header.read_text()).get("resolution") if header.is_file() else None
+        if not header.is_file():
+            raise ValueError(f"--latents_dir {args.latents_dir!r} is not a complete latent store (no {LATENT_STORE_HEADER}; "
+                             "an interrupted precompute_latents.py run?)")  # fmt: skip
+        stored = read_json_file(header, "the latent store header")
+        stored = stored.get("resolution") if isinstance(stored, dict) else None
         if args.resolution is not None and stored is not None and args.resolution != stored:
             raise ValueError(f"--resolution {args.resolution} differs from the {stored}px of the --latents_dir store")
         args.resolution = args.resolution or stored

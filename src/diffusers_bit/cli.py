@@ -134,7 +134,7 @@ def cmd_generate(args) -> None:
     _check_sampling_outputs(args, len(args.prompt))
     device = check_device("--device", args.device)
     cls = InstellaT2IPipeline if args.kind == "diffusion" else InstellaARPipeline
-    pipe = cls.from_pretrained(args.model, torch_dtype=_dtype(args.dtype) or torch.float32)
+    pipe = cls.from_pretrained(args.model, dtype=_dtype(args.dtype) or torch.float32)
     if device is not None:
         pipe.to(device)
     _save_outputs(pipe, args, list(args.prompt), args.model, started)
@@ -143,7 +143,9 @@ def cmd_generate(args) -> None:
 def cmd_convert(args) -> None:
     from .conversion import convert_checkpoint_dir, convert_to_pipelines
 
-    overrides = json.loads(Path(args.config_overrides).read_text()) if args.config_overrides else None
+    from .utils.checks import read_json_file
+
+    overrides = read_json_file(args.config_overrides, "--config_overrides") if args.config_overrides else None
     if args.text_encoder:
         written = convert_to_pipelines(args.checkpoint_dir, args.output_dir, args.text_encoder, overrides,
                                        dtype=_dtype(args.dtype), overwrite=args.overwrite)  # fmt: skip

@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from .models import BinaryARTransformer, BinaryDiT, BinaryLatentTokenizer
 from .presets import load_preset_config
+from .utils.checks import check_safetensors_file
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 
@@ -66,6 +67,7 @@ def load_official_state_dict(path: Union[str, os.PathLike]) -> dict:
     if not path.is_file():
         raise ValueError(f"checkpoint {str(path)!r} does not exist")
     if path.suffix == ".safetensors":
+        check_safetensors_file(path)
         return load_file(str(path))
     try:
         try:
@@ -73,6 +75,8 @@ def load_official_state_dict(path: Union[str, os.PathLike]) -> dict:
         except RuntimeError:  # legacy (non-zip) serialization cannot be memory-mapped
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        if "Unsupported global" not in str(err):  # not a forbidden class: the pickle stream itself is broken
+            raise ValueError(f"{str(path)!r} is not a readable torch checkpoint (corrupt or not a .pt file)") from None
         raise ValueError(
             f"refusing to load {str(path)!r}: it needs unrestricted unpickling, which can execute arbitrary code. "
             "Only checkpoints readable with torch.load(weights_only=True) are converted; re-save the bare state dict "

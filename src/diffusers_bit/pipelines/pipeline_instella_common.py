@@ -125,18 +125,22 @@ class InstellaPipelineBase(DiffusionPipeline):
 
         A repo id is resolved with `huggingface_hub.snapshot_download` first (diffusers refuses third-party component
         classes for repo ids), honouring `revision`, `cache_dir`, `token`, `local_files_only` and `HF_HUB_OFFLINE`;
-        every other keyword (`torch_dtype`, `variant`, ...) goes to `DiffusionPipeline.from_pretrained`.
+        every other keyword (`dtype`, `variant`, ...) goes to `DiffusionPipeline.from_pretrained`. `dtype` is
+        diffusers 0.42's name; the older `torch_dtype` is accepted too.
         """
         path = resolve_snapshot(pretrained_model_name_or_path, revision=kwargs.pop("revision", None),
                                 cache_dir=kwargs.get("cache_dir"), token=kwargs.pop("token", None),
                                 local_files_only=kwargs.get("local_files_only", False))  # fmt: skip
-        if "dtype" in kwargs and "torch_dtype" not in kwargs:  # diffusers 0.42's name; both are accepted
-            kwargs["torch_dtype"] = kwargs.pop("dtype")
+        if "dtype" in kwargs and "torch_dtype" in kwargs:
+            raise ValueError("pass `dtype` (diffusers 0.42's name) or `torch_dtype` (its older name), not both")
+        dtype = kwargs.pop("dtype", kwargs.pop("torch_dtype", None))
+        if dtype is not None:
+            kwargs["dtype"] = dtype
         cls.check_pipeline_folder(path, passed=set(kwargs))
         for name in ("tokenizer", "text_encoder"):
             reference = read_reference(os.path.join(path, name))
             if reference is not None and name not in kwargs:
-                kwargs[name] = load_referenced_component(name, reference, kwargs.get("torch_dtype"))
+                kwargs[name] = load_referenced_component(name, reference, dtype)
         return super().from_pretrained(str(path), **kwargs)
 
     @classmethod

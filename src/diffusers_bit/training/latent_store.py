@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from ..utils import pack_bits, unpack_bits
+from ..utils.checks import read_json_file
 from .checkpointing import atomic_write_json
 from .data import MapSource, SkipSample, select_caption
 
@@ -188,7 +189,7 @@ class LatentStore(MapSource):
                 f"{str(self.path)!r} is not a complete latent store (no {HEADER}); it may be an interrupted "
                 "precompute_latents run: run it again with --overwrite"
             )
-        self.header = json.loads(header_path.read_text())
+        self.header = read_json_file(header_path, "the latent store header")
         if self.header.get("format") != FORMAT or self.header.get("version") != VERSION:
             raise ValueError(f"{header_path} is not a version-{VERSION} {FORMAT} header")
         self.num_tokens = int(self.header["num_tokens"])

@@ -162,6 +162,11 @@ class StrictConfigMixin:
         elif path is not None:
             folder = Path(path, subfolder) if subfolder else Path(path)
             check_component_folder(folder, subfolder or folder.name)
+            config_file = folder / getattr(cls, "config_name", "config.json")
+            if config_file.is_file():
+                config = read_json_file(config_file)
+                if isinstance(config, dict):
+                    check_config_keys(cls, config)
         return super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
 
 
