@@ -7,8 +7,9 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from diffusers_bit import BinaryDiT, build_pipeline, unpack_bits
+from diffusers_bit import BinaryDiT, build_pipeline
 from diffusers_bit.cli import main
+from diffusers_bit.codec import HEADER_SIZE, decode_bits_file
 from utils import PARITY
 
 
@@ -16,10 +17,8 @@ def test_demo_writes_image_and_bits_and_never_overwrites(tmp_path):
     out = tmp_path / "demo.png"
     main(["demo", "--preset", "tiny", "--prompt", "a cat", "--output", str(out), "--steps", "3"])
     assert Image.open(out).size == (128, 128)
-    packed = (tmp_path / "demo.bits").read_bytes()
-    assert len(packed) == 16 * 16 // 8
-    bits = unpack_bits(torch.frombuffer(bytearray(packed), dtype=torch.uint8)[None], 16, 16)
-    assert set(bits.unique().tolist()) <= {0.0, 1.0}
+    bits, _ = decode_bits_file((tmp_path / "demo.bits").read_bytes())  # the codec's .bits format
+    assert bits.shape == (16, 16) and set(bits.unique().tolist()) <= {0.0, 1.0}
     before = out.read_bytes()
     with pytest.raises(SystemExit, match="already exists"):
         main(["demo", "--preset", "tiny", "--prompt", "a cat", "--output", str(out)])
@@ -36,7 +35,7 @@ def test_demo_grid_of_several_prompts_and_bits_per_image(tmp_path):
     grid = Image.open(out)
     assert grid.size[0] == 3 * 128 and grid.size[1] > 128  # 3 columns of 2x-upscaled 64 px images + captions
     files = [tmp_path / f"grid-{k}.bits" for k in range(3)]
-    assert all(f.stat().st_size == 32 for f in files)
+    assert all(f.stat().st_size == HEADER_SIZE + 32 for f in files)
     # a bits file the user already has is never overwritten, and nothing is written
     files[2].write_bytes(b"mine")
     for path in (out, files[0], files[1]):

@@ -63,7 +63,7 @@ def _bits_paths(output: Path, count: int) -> list:
 
 
 def _save_outputs(pipe, args, prompts: list, label: str, started: float) -> None:
-    from .utils import pack_bits
+    from .codec import encode_bits_file, tokenizer_fingerprint
     from .utils.image_grid import image_grid
 
     from .utils.checks import image_bytes, write_file_atomically
@@ -77,10 +77,11 @@ def _save_outputs(pipe, args, prompts: list, label: str, started: float) -> None
     else:
         scale = max(1, 128 // images[0].size[0])
         picture = image_grid(images, cols=min(4, len(images)), captions=prompts, scale=scale)
-    packed = pack_bits(bits.cpu()).numpy()
+    fingerprint = tokenizer_fingerprint(pipe.image_tokenizer)
+    files = [encode_bits_file(row, fingerprint) for row in bits.cpu()]
     written = []
     try:
-        for path, data in [(output, image_bytes(picture, output)), *zip(bits_paths, (r.tobytes() for r in packed))]:
+        for path, data in [(output, image_bytes(picture, output)), *zip(bits_paths, files)]:
             written.append(write_file_atomically(path, data, args.overwrite))
     except FileExistsError:
         for path in written if not args.overwrite else []:  # all or nothing: remove what this command created
@@ -88,7 +89,8 @@ def _save_outputs(pipe, args, prompts: list, label: str, started: float) -> None
         raise
     print(
         f"{label}: {type(pipe).__name__}, {len(prompts)} image(s) of {bits.shape[1]} tokens x {bits.shape[2]} bits "
-        f"({packed.shape[1]} bytes each) -> {images[0].size[0]}x{images[0].size[1]} in {time.time() - started:.1f}s\n"
+        f"({len(files[0])}-byte .bits files) -> {images[0].size[0]}x{images[0].size[1]} in "
+        f"{time.time() - started:.1f}s\n"
         f"saved {output} and {len(bits_paths)} .bits file(s) ({bits_paths[0].name}"
         + (f" ... {bits_paths[-1].name})" if len(bits_paths) > 1 else ")")
     )
@@ -221,6 +223,66 @@ def cmd_shapes_data(args) -> None:
           f"({args.size}x{args.size}) to {result['output_dir']} in {result['seconds']:.1f}s")  # fmt: skip
 
 
+def _codec_outputs(inputs: list, output_dir: str, suffix: str, overwrite: bool) -> list:
+    """One output path per input (`<output_dir>/<stem><suffix>`), all checked before any work."""
+    from .utils.checks import check_output_path
+
+    folder = Path(output_dir)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"-o/--output_dir {output_dir!r} is a file, not a folder")
+    stems = [Path(p).stem for p in inputs]
+    duplicates = sorted({s for s in stems if stems.count(s) > 1})
+    if duplicates:
+        raise ValueError(f"several inputs share the file name(s) {duplicates}; their outputs would collide")
+    return [check_output_path("--output_dir", folder / f"{stem}{suffix}", overwrite=overwrite) for stem in stems]
+
+
+def cmd_encode(args) -> None:
+    import numpy as np
+    import torch
+
+    from .codec import save_bits
+    from .training.data import SkipSample, load_image, resize_and_center_crop
+
+    outputs = _codec_outputs(args.images, args.output_dir, ".bits", args.overwrite)
+    for path in args.images:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{path} does not exist")
+    tokenizer = _load_image_tokenizer(args.image_tokenizer)
+    size = args.size or min(tokenizer.supported_sizes or [tokenizer.default_size])
+    tokenizer.check_size("--size", size, 2 ** len(tokenizer.config.encoder_downsample_blocks))
+    for path, output in zip(args.images, outputs):
+        try:
+            image = load_image(str(path))
+        except SkipSample as skip:
+            raise ValueError(f"{path} cannot be read as an image ({skip})") from None
+        array = np.asarray(resize_and_center_crop(image, size), dtype=np.uint8)  # the training preprocessing
+        pixels = torch.from_numpy(array.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
+        with torch.no_grad():
+            bits = tokenizer.encode(pixels.to(tokenizer.device, tokenizer.dtype), sample=False).bits
+        save_bits(output, bits[0], tokenizer, args.overwrite)
+        print(f"{path} -> {output} ({output.stat().st_size} bytes)")
+
+
+def cmd_decode(args) -> None:
+    import torch
+
+    from .codec import load_bits
+    from .training.tokenizer_stages import tensor_to_pil
+    from .utils.checks import image_bytes, write_file_atomically
+
+    outputs = _codec_outputs(args.bits, args.output_dir, ".png", args.overwrite)
+    tokenizer = _load_image_tokenizer(args.image_tokenizer)
+    size = args.size or tokenizer.default_size
+    tokenizer._output_size(size, size)  # validates the size before decoding
+    bits = load_bits(args.bits, tokenizer)  # every file checked (format, tokenizer) before any is decoded
+    for row, path, output in zip(bits, args.bits, outputs):
+        with torch.no_grad():
+            image = tensor_to_pil(tokenizer.decode(row[None], size, size).sample)[0]
+        write_file_atomically(output, image_bytes(image, output), args.overwrite)
+        print(f"{path} -> {output} ({size}x{size})")
+
+
 def cmd_shapes_eval(args) -> None:
     from .evaluation import evaluate_images, format_report
 
@@ -318,6 +380,22 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--dtype", choices=["keep", *DTYPES], default="keep")
     rec.add_argument("--device", default=None)
     rec.set_defaults(func=cmd_eval_reconstruction)
+
+    enc = sub.add_parser("encode", parents=[common], help="encode images to .bits files (the tokenizer as a codec)")
+    enc.add_argument("images", nargs="+", help="image files")
+    enc.add_argument("--image_tokenizer", required=True, help="tokenizer folder or repo, or a pipeline folder")
+    enc.add_argument("-o", "--output_dir", required=True, help="folder for <image name>.bits")
+    enc.add_argument("--size", type=int, default=None, help="encoder input side (default: the smallest supported)")
+    enc.add_argument("--overwrite", action="store_true")
+    enc.set_defaults(func=cmd_encode)
+
+    dec = sub.add_parser("decode", parents=[common], help="render .bits files as PNG images")
+    dec.add_argument("bits", nargs="+", help=".bits files made by the same tokenizer")
+    dec.add_argument("--image_tokenizer", required=True, help="the tokenizer that made the bits (checked)")
+    dec.add_argument("-o", "--output_dir", required=True, help="folder for <name>.png")
+    dec.add_argument("--size", type=int, default=None, help="output side (default: the largest supported)")
+    dec.add_argument("--overwrite", action="store_true")
+    dec.set_defaults(func=cmd_decode)
 
     sdata = sub.add_parser("shapes-data", parents=[common], help="write the shapes-world data set (imagefolder, train/validation/test)")
     sdata.add_argument("--output_dir", required=True)
