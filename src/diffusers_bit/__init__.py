@@ -12,7 +12,7 @@ from .models import (
     TextKV,
     text_layer_indices,
 )
-from .pipelines import InstellaARPipeline, InstellaT2IPipeline
+from .pipelines import InstellaARPipeline, InstellaT2IImg2ImgPipeline, InstellaT2IPipeline
 from .presets import build_pipeline, load_preset_config
 from .schedulers import BernoulliScheduler, BernoulliSchedulerOutput
 from .utils import pack_bits, unpack_bits

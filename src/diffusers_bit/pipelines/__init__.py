@@ -1,2 +1,3 @@
 from .pipeline_instella_ar import InstellaARPipeline
+from .pipeline_instella_img2img import InstellaT2IImg2ImgPipeline
 from .pipeline_instella_t2i import InstellaT2IPipeline

@@ -11,6 +11,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 # imported eagerly: diffusers resolves saved components through sys.modules
 from ..models.binary_latent_tokenizer import BinaryLatentTokenizer
 from ..models.transformer_bit_ar import BinaryARTransformer
+from ..utils.checks import check_bits
 from ..utils.torch_utils import bernoulli
 from .pipeline_instella_common import InstellaPipelineBase
 
@@ -58,7 +59,7 @@ class InstellaARPipeline(InstellaPipelineBase):
     def check_inputs(
         self, prompt, negative_prompt, height, width, guidance_scale, temperature, num_images_per_prompt, generator,
         prompt_embeds, prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask, output_type,
-        callback_on_step_end_tensor_inputs, max_sequence_length, use_kv_cache,
+        callback_on_step_end_tensor_inputs, max_sequence_length, use_kv_cache, prefix_latents=None,
     ) -> int:  # fmt: skip
         """Validate every argument (before any model runs); return the prompt batch size."""
         batch = self._check_common_inputs(
@@ -68,6 +69,16 @@ class InstellaARPipeline(InstellaPipelineBase):
         )  # fmt: skip
         if not isinstance(use_kv_cache, bool):
             raise TypeError(f"`use_kv_cache` must be a bool, got {type(use_kv_cache).__name__}")
+        if prefix_latents is not None:
+            config = self.transformer.config
+            if not isinstance(prefix_latents, torch.Tensor):
+                raise TypeError(f"`prefix_latents` must be a torch.Tensor of bits, got {type(prefix_latents).__name__}")
+            rows = (1, batch, batch * num_images_per_prompt)
+            if (prefix_latents.ndim != 3 or prefix_latents.shape[0] not in rows or prefix_latents.shape[-1] != config.in_channels
+                    or not 1 <= prefix_latents.shape[1] <= config.num_tokens):  # fmt: skip
+                raise ValueError(f"`prefix_latents` must have shape (B, k, {config.in_channels}) with B in {sorted(set(rows))} "
+                                 f"and 1 <= k <= {config.num_tokens}, got {tuple(prefix_latents.shape)}")  # fmt: skip
+            check_bits("prefix_latents", prefix_latents)
         return batch
 
     @staticmethod
@@ -110,6 +121,7 @@ class InstellaARPipeline(InstellaPipelineBase):
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],
         max_sequence_length: int = 128,
         use_kv_cache: bool = True,
+        prefix_latents: Optional[torch.Tensor] = None,
     ) -> Union[ImagePipelineOutput, tuple]:
         r"""Generate images token by token.
 
@@ -124,6 +136,12 @@ class InstellaARPipeline(InstellaPipelineBase):
                 callback_kwargs)`; `callback_kwargs["latents"]` holds the `(B, i + 1, 64)` bits so far and may be
                 replaced (the KV cache is then rebuilt).
             use_kv_cache (`bool`, defaults to `True`): Reuse keys/values of earlier tokens.
+            prefix_latents (`torch.Tensor` of shape `(B, k, bits_per_token)`, *optional*): Keep these first `k`
+                tokens (bits of an existing latent, e.g. `image_tokenizer.encode(image).bits[:, :k]`) and generate
+                only the rest: the AR model continues any prefix. `B` is 1, the prompt batch or the number of images.
+                What the prefix fixes depends on what the tokenizer put into its first tokens; in a 1D tokenizer
+                these are not an image region, so the kept part shows up as global traits (layout, colours) rather
+                than a fixed crop, and more tokens keep more of the image.
 
         Examples:
         """
@@ -131,7 +149,7 @@ class InstellaARPipeline(InstellaPipelineBase):
         batch = self.check_inputs(
             prompt, negative_prompt, height, width, guidance_scale, temperature, num_images_per_prompt, generator,
             prompt_embeds, prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask, output_type,
-            callback_on_step_end_tensor_inputs, max_sequence_length, use_kv_cache,
+            callback_on_step_end_tensor_inputs, max_sequence_length, use_kv_cache, prefix_latents,
         )  # fmt: skip
         text_kv = self._begin_call(
             prompt, negative_prompt, guidance_scale, num_images_per_prompt, prompt_embeds, prompt_attention_mask,
@@ -141,12 +159,23 @@ class InstellaARPipeline(InstellaPipelineBase):
         config = self.transformer.config
         self._cache = self.transformer.allocate_kv_cache(text_kv.batch_size) if use_kv_cache else None
 
-        latents = torch.zeros(num_images, 0, config.in_channels, device=device)
-        logits = self.transformer(
-            None, text_kv=text_kv, kv_cache=self._cache, batch_size=text_kv.batch_size
-        ).sample[:, -1].float()  # fmt: skip
-        with self.progress_bar(total=config.num_tokens) as progress_bar:
-            for i in range(config.num_tokens):
+        start = 0
+        if prefix_latents is None:
+            latents = torch.zeros(num_images, 0, config.in_channels, device=device)
+            logits = self.transformer(
+                None, text_kv=text_kv, kv_cache=self._cache, batch_size=text_kv.batch_size
+            ).sample[:, -1].float()  # fmt: skip
+        else:
+            latents = prefix_latents.to(device=device, dtype=torch.float32)
+            if latents.shape[0] == 1:
+                latents = latents.expand(num_images, -1, -1)
+            elif latents.shape[0] == batch and num_images_per_prompt > 1:
+                latents = latents.repeat_interleave(num_images_per_prompt, dim=0)
+            latents, start = latents.contiguous(), latents.shape[1]
+            if start < config.num_tokens:
+                logits = self._next_logits(latents, None, text_kv, self._cache, rebuild_cache=True)
+        with self.progress_bar(total=config.num_tokens - start) as progress_bar:
+            for i in range(start, config.num_tokens):
                 if self.interrupt:
                     break
                 new_tokens = self.sample_bits(self.guide(logits)[:, None], temperature, generator)

@@ -96,6 +96,28 @@ class InstellaT2IPipeline(InstellaPipelineBase):
             self._check_latents_tensor(latents, batch * num_images_per_prompt)
         return batch
 
+    def _denoise(
+        self, latents, timesteps, text_kv, generator, temperature, algorithm, callback_on_step_end, callback_inputs
+    ) -> torch.Tensor:
+        r"""Run the sampler over `timesteps` (all of the scheduler's, or the tail of them for image-to-image) from
+        the bits `latents` `(B, num_tokens, in_channels)`; returns the final bits."""
+        self._num_timesteps = len(timesteps)
+        pred_original_sample = None
+        with self.progress_bar(total=len(timesteps)) as progress_bar:
+            for i, t in enumerate(timesteps):
+                if self.interrupt:
+                    break
+                model_input = torch.cat([latents, latents]) if self.do_classifier_free_guidance else latents
+                logits = self.guide(self.transformer(model_input, t.expand(len(model_input)), text_kv=text_kv).sample)
+                step = self.scheduler.step(
+                    logits, t, latents, generator=generator, temperature=temperature, algorithm=algorithm
+                )
+                latents, pred_original_sample = step.prev_sample, step.pred_original_sample
+                outputs = self._run_callback(callback_on_step_end, i, t, callback_inputs, locals())
+                latents = outputs.pop("latents", latents)
+                progress_bar.update()
+        return latents
+
     @torch.no_grad()
     @replace_example_docstring(EXAMPLE_DOC_STRING)
     def __call__(
@@ -172,8 +194,6 @@ class InstellaT2IPipeline(InstellaPipelineBase):
         device, num_images = self._execution_device, batch * num_images_per_prompt
 
         self.scheduler.set_timesteps(num_inference_steps, device=device, rho=rho)
-        timesteps = self.scheduler.timesteps
-        self._num_timesteps = len(timesteps)
         config = self.transformer.config
         if latents is None:
             latents = self.scheduler.initial_sample(
@@ -181,22 +201,8 @@ class InstellaT2IPipeline(InstellaPipelineBase):
             )
         else:
             latents = latents.to(device=device, dtype=torch.float32)
-
-        pred_original_sample = None
-        with self.progress_bar(total=num_inference_steps) as progress_bar:
-            for i, t in enumerate(timesteps):
-                if self.interrupt:
-                    break
-                model_input = torch.cat([latents, latents]) if self.do_classifier_free_guidance else latents
-                logits = self.guide(self.transformer(model_input, t.expand(len(model_input)), text_kv=text_kv).sample)
-                step = self.scheduler.step(
-                    logits, t, latents, generator=generator, temperature=temperature, algorithm=algorithm
-                )
-                latents, pred_original_sample = step.prev_sample, step.pred_original_sample
-                outputs = self._run_callback(callback_on_step_end, i, t, callback_on_step_end_tensor_inputs, locals())
-                latents = outputs.pop("latents", latents)
-                progress_bar.update()
-
+        latents = self._denoise(latents, self.scheduler.timesteps, text_kv, generator, temperature, algorithm,
+                                callback_on_step_end, callback_on_step_end_tensor_inputs)  # fmt: skip
         images = self._finish(latents, height, width, output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
