@@ -104,3 +104,25 @@ def test_cli_encode_decode_round_trip(saved_tokenizer, tmp_path, capsys):
     (tmp_path / "junk.bits").write_bytes(b"hello")
     with pytest.raises(SystemExit, match="not a diffusers-bit .bits file"):
         main(["decode", str(tmp_path / "junk.bits"), "--image_tokenizer", str(saved_tokenizer), "-o", str(tmp_path / "y")])
+
+
+def test_rate_distortion_report_compares_with_jpeg_and_webp(tmp_path, capsys):
+    from diffusers_bit.evaluation.reconstruction import format_rate_distortion, rate_distortion
+
+    rng = np.random.default_rng(0)
+    images = {f"img{i}": rng.integers(0, 255, (80, 80, 3), dtype=np.uint8) for i in range(2)}
+    report = rate_distortion(_tokenizer(), images)
+    codecs = report["codecs"]
+    assert set(codecs) == {"bits", "JPEG", "WEBP"} and report["size"] == 64
+    assert codecs["bits"]["bytes"] == HEADER_SIZE + 32
+    for name in ("JPEG", "WEBP"):
+        assert 1 <= codecs[name]["quality"] <= 100 and codecs[name]["bytes"] > 0 and np.isfinite(codecs[name]["psnr"])
+    table = format_rate_distortion(report)
+    assert "diffusers-bit .bits | 57 |" in table and "JPEG (quality" in table
+    for name, array in images.items():
+        Image.fromarray(array).save(tmp_path / f"{name}.png")
+    folder = tmp_path / "tok"
+    _tokenizer().save_pretrained(folder)
+    main(["eval-reconstruction", "--image_tokenizer", str(folder), "--shapes_dir", str(tmp_path), "--codec",
+          "--resolutions", "64"])  # fmt: skip
+    assert "Rate-distortion at 64 px (2 images)" in capsys.readouterr().out

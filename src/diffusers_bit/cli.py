@@ -208,6 +208,12 @@ def cmd_eval_reconstruction(args) -> None:
             inception_weights=args.inception_weights, lpips_weights=args.lpips_weights, clip_model=args.clip_model,
         )  # fmt: skip
     print(format_reconstruction_report(report), end="")
+    if args.codec:
+        from .evaluation.reconstruction import format_rate_distortion, rate_distortion
+
+        for name, images in datasets.items():
+            report["datasets"][name]["rate_distortion"] = rd = rate_distortion(tokenizer, images, args.input_size)
+            print(f"\n{name}: " + format_rate_distortion(rd), end="")
     if args.output:
         _write_json(Path(args.output), report, args.overwrite)
 
@@ -370,6 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--input_size", type=int, default=None, help="encoder input size (default: smallest supported)")
     rec.add_argument("--num_images", type=int, default=None, help="at most this many images per data set")
     rec.add_argument("--batch_size", type=int, default=8)
+    rec.add_argument("--codec", action="store_true",
+                     help="also a rate-distortion table: the .bits code beside JPEG and WebP at the nearest file size")
     rec.add_argument("--output", default=None, help="JSON report path")
     rec.add_argument("--overwrite", action="store_true")
     rec.add_argument("--inception_weights", default=None,

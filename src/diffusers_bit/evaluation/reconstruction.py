@@ -18,6 +18,7 @@ PIL images are channel-last, torch tensors channel-first.
 """
 
 import importlib.util
+import io
 import json
 import logging
 import math
@@ -626,3 +627,74 @@ def format_reconstruction_report(report: Mapping[str, Any]) -> str:
         messages.update(result.get("skipped", {}))
     notes = [f"- {messages[metric]}" for metric in OPTIONAL_METRICS if metric in messages]
     return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Rate-distortion: the tokenizer as a codec beside JPEG and WebP
+# ----------------------------------------------------------------------------------------------------------------------
+CODEC_FORMATS = ("JPEG", "WEBP")
+
+
+def _encode_at_quality(image: Image.Image, fmt: str, quality: int) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, quality=quality)
+    return buffer.getvalue()
+
+
+def _nearest_quality(image: Image.Image, fmt: str, target_bytes: int) -> tuple[int, bytes]:
+    """The quality (1-100) whose encoding is closest in size to `target_bytes` (sizes grow with quality, nearly
+    monotonically: scan all, it is cheap at these sizes)."""
+    best = None
+    for quality in range(1, 101):
+        data = _encode_at_quality(image, fmt, quality)
+        gap = abs(len(data) - target_bytes)
+        if best is None or gap < best[0]:
+            best = (gap, quality, data)
+    return best[1], best[2]
+
+
+def rate_distortion(
+    tokenizer, images: Union[Mapping[str, ImageLike], Sequence[ImageLike]], size: Optional[int] = None
+) -> dict[str, Any]:
+    r"""Bytes per image, PSNR and SSIM of the tokenizer's `.bits` code (header included) beside JPEG and WebP
+    (Pillow) at the quality whose file size is nearest to it, on the same images (centre-cropped and resized to the
+    tokenizer's encoder size `size`, 8-bit).
+
+    Returns:
+        `dict`: `size`, `num_images`, and per codec (`"bits"`, `"JPEG"`, `"WEBP"`) the mean `bytes`, `psnr`,
+        `ssim` (and for JPEG/WebP the mean chosen `quality`).
+    """
+    from ..codec import HEADER_SIZE
+
+    names, sources = _named_images(images)
+    if not sources:
+        raise ValueError("`images` is empty")
+    size = size or (min(tokenizer.supported_sizes) if tokenizer.supported_sizes else tokenizer.default_size)
+    report = evaluate_reconstruction(tokenizer, images, resolutions=[size], input_size=size, return_images=True)
+    entry = report["resolutions"][str(size)]
+    config = tokenizer.config
+    code_bytes = HEADER_SIZE + (config.num_latent_tokens * config.bits_per_token + 7) // 8
+    results = {"bits": {"bytes": float(code_bytes), "psnr": entry["psnr"], "ssim": entry["ssim"]}}
+    originals = [center_crop_resize(image, size) for image in sources]
+    for fmt in CODEC_FORMATS:
+        sizes, qualities, decoded = [], [], []
+        for array in originals:
+            quality, data = _nearest_quality(Image.fromarray(array), fmt, code_bytes)
+            with Image.open(io.BytesIO(data)) as opened:
+                decoded.append(np.asarray(opened.convert("RGB"), dtype=np.uint8).copy())
+            sizes.append(len(data))
+            qualities.append(quality)
+        x, y = _to_model_input(decoded).double(), _to_model_input(originals).double()
+        results[fmt] = {"bytes": float(np.mean(sizes)), "quality": float(np.mean(qualities)),
+                        "psnr": _mean(_psnr_batch(x, y, 1.0).tolist()), "ssim": _mean(_ssim_batch(x, y, 1.0).tolist())}  # fmt: skip
+    return {"size": int(size), "num_images": len(sources), "codecs": results}
+
+
+def format_rate_distortion(report: Mapping[str, Any]) -> str:
+    """Markdown table of [`rate_distortion`]."""
+    lines = [f"Rate-distortion at {report['size']} px ({report['num_images']} images):", "",
+             "| codec | bytes per image | PSNR (dB) | SSIM |", "|---|---:|---:|---:|"]  # fmt: skip
+    for name, entry in report["codecs"].items():
+        label = "diffusers-bit .bits" if name == "bits" else f"{name} (quality {entry['quality']:.0f})"
+        lines.append(f"| {label} | {entry['bytes']:.0f} | {entry['psnr']:.2f} | {entry['ssim']:.3f} |")
+    return "\n".join(lines) + "\n"
