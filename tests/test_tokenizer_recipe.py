@@ -58,8 +58,17 @@ def test_foreground_weights_upweight_objects_and_keep_the_mean():
     assert set(parts) == {"mse"}
 
 
+def _image_dir(tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir(exist_ok=True)
+    from PIL import Image
+
+    Image.new("RGB", (64, 64)).save(folder / "a.png")
+    return folder
+
+
 def test_recipe_file_is_read_with_at_prefix_and_flags_after_it_win(tmp_path):
-    (tmp_path / "images").mkdir()
+    _image_dir(tmp_path)
     args = train_tokenizer.parse_args([f"@{RECIPE}", "--train_data_dir", str(tmp_path / "images"), "--output_dir",
                                        str(tmp_path / "out"), "--max_train_steps", "7"])  # fmt: skip
     assert args.preset == "shapes-64" and args.pixel_loss == "mse" and args.perceptual_weight == 0
@@ -79,7 +88,7 @@ def test_recipe_file_is_read_with_at_prefix_and_flags_after_it_win(tmp_path):
     ],
 )
 def test_recipe_flags_are_checked(tmp_path, flags, match):
-    argv = [f"@{RECIPE}", "--train_data_dir", str(tmp_path), "--output_dir", str(tmp_path / "out"), *flags]
+    argv = [f"@{RECIPE}", "--train_data_dir", str(_image_dir(tmp_path)), "--output_dir", str(tmp_path / "out"), *flags]
     with pytest.raises(ValueError, match=match):
         train_tokenizer.parse_args(argv)
 

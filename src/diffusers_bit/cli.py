@@ -298,16 +298,12 @@ def cmd_shapes_eval(args) -> None:
         raise ValueError(f"{metadata} not found: --images_dir needs a metadata.jsonl with `file_name` and `text`")
     if args.output:
         _refuse_existing(Path(args.output), args.overwrite, {".json"})
+    from .utils.checks import read_metadata_rows
+
     records = []
-    for number, line in enumerate(metadata.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{metadata}, line {number}: invalid JSON ({error.msg})") from None
-        if not isinstance(row, dict) or "file_name" not in row or not (row.get("text") or row.get("spec")):
-            raise ValueError(f"{metadata}, line {number}: every row needs `file_name` and `text` (or `spec`)")
+    for row in read_metadata_rows(metadata, need_caption=True):
+        if not (folder / row["file_name"]).is_file():  # a wrong list is an error; an unreadable image is skipped
+            raise ValueError(f"{metadata}: {folder / row['file_name']} does not exist")
         records.append({"image": str(folder / row["file_name"]), "file_name": row["file_name"],
                         "text": row.get("text"), "spec": row.get("spec")})  # fmt: skip
     if not records:

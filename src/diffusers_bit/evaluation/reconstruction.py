@@ -19,7 +19,6 @@ PIL images are channel-last, torch tensors channel-first.
 
 import importlib.util
 import io
-import json
 import logging
 import math
 import os
@@ -31,6 +30,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
+
+from ..utils.checks import read_metadata_rows
 
 logger = logging.getLogger(__name__)
 
@@ -544,17 +545,9 @@ def read_shapes_records(folder: Union[str, os.PathLike], limit: Optional[int] = 
     if not metadata.is_file():
         raise ValueError(f"{metadata} not found: a shapes-world split folder has a metadata.jsonl")
     records = []
-    for number, line in enumerate(metadata.read_text(encoding="utf-8").splitlines(), 1):
+    for row in read_metadata_rows(metadata, need_caption=True):
         if limit is not None and len(records) >= limit:
             break
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{metadata}, line {number}: invalid JSON ({error.msg})") from None
-        if not isinstance(row, dict) or "file_name" not in row or not (row.get("spec") or row.get("text")):
-            raise ValueError(f"{metadata}, line {number}: every row needs `file_name` and `spec` or `text`")
         with Image.open(folder / row["file_name"]) as image:
             array = np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
         records.append({"file_name": row["file_name"], "text": row.get("text"), "spec": row.get("spec"),

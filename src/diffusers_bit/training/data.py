@@ -37,6 +37,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..utils.checks import read_metadata_rows
+
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -488,16 +490,8 @@ def check_train_data_dir(folder: Union[str, os.PathLike], flag: str = "--train_d
             raise ValueError(f"`{flag}` {str(folder)!r} holds no images ({', '.join(IMAGE_EXTENSIONS)}), webdataset "
                              ".tar or .parquet files")  # fmt: skip
         for metadata in sorted(folder.rglob("metadata.jsonl")):
-            with open(metadata, encoding="utf-8", errors="replace") as handle:
-                for number, line in enumerate(handle, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError as error:
-                        raise ValueError(f"{metadata}, line {number}: invalid JSON ({error.msg})") from None
-                    if not isinstance(row, dict) or "file_name" not in row:
-                        raise ValueError(f"{metadata}, line {number}: every row must be an object with a `file_name`")
+            for _ in read_metadata_rows(metadata):  # every line parses; errors name the file and line
+                pass
     return fmt
 
 

@@ -299,3 +299,22 @@ def hub_error_message(repo_id: str, error: BaseException) -> str:
     else:
         reason = " ".join(str(error).split())[:200] or kind
     return f"could not load {repo_id!r} from the Hugging Face Hub: {reason}. If it is meant as a local folder, check the path"
+
+
+def read_metadata_rows(path: Union[str, os.PathLike], need_caption: bool = False):
+    r"""Yield the rows of a `metadata.jsonl` (imagefolder captions) one by one, each checked: valid JSON, an object
+    with a `file_name` (and, with `need_caption`, a `text` or `spec`). Errors name the file and the line."""
+    path = Path(path)
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}, line {number}: invalid JSON ({error.msg})") from None
+            if not isinstance(row, dict) or "file_name" not in row:
+                raise ValueError(f"{path}, line {number}: every row must be an object with a `file_name`")
+            if need_caption and not (row.get("text") or row.get("spec")):
+                raise ValueError(f"{path}, line {number}: every row needs `file_name` and `text` (or `spec`)")
+            yield row
