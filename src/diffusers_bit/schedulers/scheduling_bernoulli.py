@@ -259,6 +259,7 @@ class BernoulliScheduler(StrictConfigMixin, SchedulerMixin, ConfigMixin):
         distribution: Optional[str] = None,
     ) -> torch.Tensor:
         r"""Training times `(batch_size,)` in (0, 1): `sigmoid(N(logit_mean, logit_std))` or `U(0, 1)`."""
+        check_number("batch_size", batch_size, low=1, integer=True)
         distribution = self.config.timestep_distribution if distribution is None else distribution
         _check_choice("distribution", distribution, TIMESTEP_DISTRIBUTIONS)
         gen_device = generator.device if generator is not None else device
