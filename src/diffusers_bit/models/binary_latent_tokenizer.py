@@ -544,7 +544,7 @@ class BinaryLatentTokenizer(StrictConfigMixin, ModelMixin, ConfigMixin):
             raise ValueError(f"`images` must be a floating-point tensor in [-1, 1], got {images.dtype} (for uint8 "
                              "images use `images / 127.5 - 1`)")  # fmt: skip
         check_finite("images", images)
-        low, high = float(images.min()), float(images.max())
+        low, high = (-1.0, 1.0) if images.is_meta else (float(images.min()), float(images.max()))
         if low < -1 - IMAGE_RANGE_TOLERANCE or high > 1 + IMAGE_RANGE_TOLERANCE:
             hint = " (images in [0, 1]? use `images * 2 - 1`)" if low >= 0 else ""
             raise ValueError(f"`images` must lie in [-1, 1], got values in [{low:.3g}, {high:.3g}]{hint}")

@@ -49,13 +49,18 @@ def check_number(
 
 
 def check_finite(name: str, tensor: torch.Tensor) -> None:
-    """Raise a `ValueError` naming `name` when a floating-point tensor holds NaN or infinity."""
+    """Raise a `ValueError` naming `name` when a floating-point tensor holds NaN or infinity (meta tensors, which
+    hold no values, pass)."""
+    if isinstance(tensor, torch.Tensor) and tensor.is_meta:
+        return
     if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
         raise ValueError(f"`{name}` contains NaN or infinite values")
 
 
 def check_bits(name: str, tensor: torch.Tensor) -> None:
-    """Raise a `ValueError` naming `name` unless every entry of `tensor` is 0 or 1."""
+    """Raise a `ValueError` naming `name` unless every entry of `tensor` is 0 or 1 (meta tensors pass)."""
+    if tensor.is_meta:
+        return
     if tensor.dtype.is_complex or bool(((tensor != 0) & (tensor != 1)).any()):
         raise ValueError(f"`{name}` must contain only bits (0 and 1); threshold or sample probabilities first")
 
