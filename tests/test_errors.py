@@ -334,8 +334,9 @@ def test_bad_json_files_name_file_and_line(tmp_path):
 @pytest.mark.parametrize(
     "flags, match",
     [
-        (["--learning_rate", "-1e-4"], r"--learning_rate must be a finite number > 0"),
-        (["--learning_rate", "nan"], r"--learning_rate must be a finite number > 0"),
+        (["--learning_rate", "-1e-4"], r"--learning_rate must be a finite number >= 0"),
+        (["--learning_rate", "nan"], r"--learning_rate must be a finite number >= 0"),
+        (["--adam_epsilon", "0"], r"--adam_epsilon must be a finite number > 0"),
         (["--adam_beta1", "1.0"], r"--adam_beta1 must be in \[0, 1\)"),
         (["--adam_beta2", "-0.1"], r"--adam_beta2 must be in \[0, 1\)"),
         (["--adam_weight_decay", "-1"], r"--adam_weight_decay"),

@@ -137,13 +137,12 @@ def check_common_args(args: argparse.Namespace, positive: Sequence[str] = (), no
     for flag in ("lr_warmup_steps", "dataloader_num_workers", *non_negative):
         if not getattr(args, flag) >= 0:  # NaN fails too
             raise ValueError(f"--{flag} must be >= 0, got {getattr(args, flag)}")
-    for flag in ("learning_rate", "adam_epsilon"):
-        if not (getattr(args, flag) > 0 and math.isfinite(getattr(args, flag))):
-            raise ValueError(f"--{flag} must be a finite number > 0, got {getattr(args, flag)}")
+    if not (args.adam_epsilon > 0 and math.isfinite(args.adam_epsilon)):
+        raise ValueError(f"--adam_epsilon must be a finite number > 0, got {args.adam_epsilon}")
     for flag in ("adam_beta1", "adam_beta2"):
         if not 0 <= getattr(args, flag) < 1:
             raise ValueError(f"--{flag} must be in [0, 1), got {getattr(args, flag)}")
-    for flag in ("adam_weight_decay", "max_grad_norm"):
+    for flag in ("learning_rate", "adam_weight_decay", "max_grad_norm"):  # lr 0 freezes the weights: allowed
         if not (getattr(args, flag) >= 0 and math.isfinite(getattr(args, flag))):
             raise ValueError(f"--{flag} must be a finite number >= 0, got {getattr(args, flag)}")
     if getattr(args, "ema_decay", None) is not None and not 0 <= args.ema_decay <= 1:

