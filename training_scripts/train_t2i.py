@@ -18,7 +18,6 @@ a model card, tensorboard logs and the `checkpoint-<step>` folders.
 """
 
 import argparse
-import json
 import math
 import os
 import time

@@ -2,7 +2,6 @@
 """What the Instella diffusion and AR pipelines share: prompt encoding with per-layer LLM features, input checks,
 rendering bits to images, loading from Hub repo ids and pushing with a model card."""
 
-import math
 import os
 import tempfile
 from typing import Any, Callable, Optional, Union
@@ -23,7 +22,7 @@ from ..utils.checks import (
     check_number,
     read_json_file,
 )
-from ..utils.hub import hub_offline, resolve_snapshot  # noqa: F401 (hub_offline: re-exported for older imports)
+from ..utils.hub import resolve_snapshot
 from ..utils.package_models import (
     PACKAGE_REFERENCE_ATTR,
     REFERENCE_FILE,

@@ -13,7 +13,6 @@ r"""Where the models of a training run come from, checked before anything heavy 
   pipeline's. Without any of these, `amd/AMD-OLMo-1B`.
 """
 
-import json
 import logging
 import os
 from dataclasses import dataclass

@@ -17,6 +17,8 @@ import os
 from pathlib import Path
 from typing import Optional, Union
 
+from .checks import read_json_file
+
 REFERENCE_FILE = "reference.json"
 PACKAGE_REFERENCE_ATTR = "_package_reference"  # set on components loaded from a reference: saved as one again
 PACKAGE_PREFIX = "package:"
@@ -78,10 +80,7 @@ def read_reference(folder: Union[str, os.PathLike]) -> Optional[dict]:
     path = Path(folder) / REFERENCE_FILE
     if not path.is_file():
         return None
-    try:
-        reference = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path} is not valid JSON ({error})") from None
+    reference = read_json_file(path)
     if not isinstance(reference, dict) or not isinstance(reference.get("package"), str):
         raise ValueError(f"{path} must be a JSON object with a `package` (and `path`) entry")
     return reference
