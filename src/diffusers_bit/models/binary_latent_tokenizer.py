@@ -18,6 +18,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 
 from ..utils.checks import StrictConfigMixin, check_finite
+from ..utils.remote_code import RemoteCodeMixin
 from ..utils.torch_utils import GeneratorType
 from .binary_quantizer import BinaryQuantizer
 from .layers import (
@@ -295,7 +296,7 @@ class LinearPixelHead(nn.Module):
         return patches.permute(0, 5, 1, 3, 2, 4).reshape(tokens.shape[0], self.out_channels, height * p, width * p)
 
 
-class BinaryLatentTokenizer(StrictConfigMixin, ModelMixin, ConfigMixin):
+class BinaryLatentTokenizer(RemoteCodeMixin, StrictConfigMixin, ModelMixin, ConfigMixin):
     r"""1D binary latent tokenizer: an image becomes `num_latent_tokens` tokens of `bits_per_token` bits each (128 x
     64 bits = 1 KiB for the paper model) and decodes back at any resolution the config supports.
 

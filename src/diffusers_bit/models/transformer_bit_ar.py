@@ -13,6 +13,7 @@ from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from diffusers.models.modeling_utils import ModelMixin
 
 from ..utils.checks import StrictConfigMixin
+from ..utils.remote_code import RemoteCodeMixin
 from .layers import (
     Attention,
     KVCacheLayer,
@@ -81,7 +82,7 @@ class BinaryARBlock(nn.Module):
         return hidden_states
 
 
-class BinaryARTransformer(StrictConfigMixin, ModelMixin, ConfigMixin, PeftAdapterMixin, TextConditioningMixin):
+class BinaryARTransformer(RemoteCodeMixin, StrictConfigMixin, ModelMixin, ConfigMixin, PeftAdapterMixin, TextConditioningMixin):
     r"""Causal transformer over 1D binary latents (Instella-T2I AR).
 
     The sequence is `[split; x_1 .. x_n]`: a learned split token followed by the embedded bit vectors. Output `i`

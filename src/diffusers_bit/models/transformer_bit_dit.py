@@ -15,6 +15,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.normalization import AdaLayerNormContinuous, AdaLayerNormZero
 
 from ..utils.checks import StrictConfigMixin
+from ..utils.remote_code import RemoteCodeMixin
 from .layers import Attention, TextConditioningMixin, TextKV, block_text_kv, joint_attention_mask, run_block
 
 
@@ -61,7 +62,7 @@ class BinaryDiTBlock(nn.Module):
         return hidden_states
 
 
-class BinaryDiT(StrictConfigMixin, ModelMixin, ConfigMixin, PeftAdapterMixin, TextConditioningMixin):
+class BinaryDiT(RemoteCodeMixin, StrictConfigMixin, ModelMixin, ConfigMixin, PeftAdapterMixin, TextConditioningMixin):
     r"""Diffusion transformer in 1D binary latent space (Instella-T2I).
 
     Input: noisy bits `z_t` `(B, num_tokens, in_channels)` and the continuous time `t` in [0, 1] (1 = pure noise),

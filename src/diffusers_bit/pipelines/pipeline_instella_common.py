@@ -30,6 +30,7 @@ from ..utils.package_models import (
     read_reference,
     write_reference,
 )
+from ..utils.remote_code import export_pipeline, normalize_index, remove_remote_code, strip_remote_code
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 # pipeline class -> the generator class its folders hold
@@ -165,17 +166,24 @@ class InstellaPipelineBase(DiffusionPipeline):
                 check_component_folder(folder, name)
 
     def save_pretrained(self, save_directory: Union[str, os.PathLike], *args, **kwargs) -> None:
-        r"""`DiffusionPipeline.save_pretrained`; a text tokenizer / encoder that was loaded from an installed package
-        (a `reference.json` in its folder, see [`~diffusers_bit.utils.package_models`]) is saved as that reference
-        again instead of a copy of its weights (text encoders are frozen in every diffusers-bit workflow). Pass
-        `save_referenced_components=True` to write the full weights instead."""
+        r"""`DiffusionPipeline.save_pretrained`, plus:
+
+        - a text tokenizer / encoder that was loaded from an installed package (a `reference.json` in its folder, see
+          [`~diffusers_bit.utils.package_models`]) is saved as that reference again instead of a copy of its weights
+          (text encoders are frozen in every diffusers-bit workflow); `save_referenced_components=True` writes the
+          full weights instead;
+        - `remote_code=True` (the default): the folder also loads where diffusers-bit is not installed, with
+          `DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)` and `AutoModel.from_pretrained(folder,
+          subfolder=..., trust_remote_code=True)` (code generated from the installed package, see
+          [`~diffusers_bit.utils.remote_code`]); `remote_code=False` writes weights and configs only.
+        """
         copy_all = kwargs.pop("save_referenced_components", False)
+        remote_code = kwargs.pop("remote_code", True)
+        push_to_hub = kwargs.pop("push_to_hub", False)
         super().save_pretrained(save_directory, *args, **kwargs)
-        if copy_all:
-            return
         for name in ("tokenizer", "text_encoder"):
             reference = getattr(getattr(self, name, None), PACKAGE_REFERENCE_ATTR, None)
-            if reference is None:
+            if reference is None or copy_all:
                 continue
             folder = os.path.join(save_directory, name)
             for entry in os.listdir(folder):
@@ -183,6 +191,32 @@ class InstellaPipelineBase(DiffusionPipeline):
                 if entry != REFERENCE_FILE and os.path.isfile(target):
                     os.remove(target)
             write_reference(folder, reference)
+        remove_remote_code(save_directory)
+        if remote_code:
+            export_pipeline(self, save_directory)
+        else:
+            strip_remote_code(save_directory)
+        if push_to_hub:  # diffusers would upload inside save_pretrained, before the references and code are written
+            hub_kwargs = {k: kwargs[k] for k in ("token", "private", "create_pr", "commit_message") if k in kwargs}
+            repo_id = kwargs.get("repo_id", str(save_directory).rstrip(os.sep).split(os.sep)[-1])
+            self.push_to_hub(repo_id, **hub_kwargs)
+
+    @classmethod
+    def load_config(cls, pretrained_model_name_or_path, *args, **kwargs):
+        r"""`ConfigMixin.load_config`; a pipeline folder's `model_index.json` written with remote code is read as this
+        package's own classes (no code from the folder runs when the installed classes load it)."""
+        result = super().load_config(pretrained_model_name_or_path, *args, **kwargs)
+        config = result[0] if isinstance(result, tuple) else result
+        folder = os.fspath(pretrained_model_name_or_path)
+        if isinstance(config, dict) and os.path.isdir(folder):
+            normalized = normalize_index(config, folder)
+            result = (normalized, *result[1:]) if isinstance(result, tuple) else normalized
+        return result
+
+    @classmethod
+    def extract_init_dict(cls, config_dict, **kwargs):
+        config_dict = {key: value for key, value in config_dict.items() if key != "auto_map"}
+        return super().extract_init_dict(config_dict, **kwargs)
 
     def push_to_hub(
         self,

@@ -12,6 +12,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 
 from ..utils.checks import StrictConfigMixin, check_bits, check_number
+from ..utils.remote_code import SCHEDULER_ENTRY, RemoteCodeMixin
 from ..utils.torch_utils import GeneratorType, bernoulli, uniform_bits
 
 ALGORITHMS = ("simplified", "posterior")
@@ -31,7 +32,7 @@ class BernoulliSchedulerOutput(BaseOutput):
     pred_original_sample: torch.Tensor
 
 
-class BernoulliScheduler(StrictConfigMixin, SchedulerMixin, ConfigMixin):
+class BernoulliScheduler(RemoteCodeMixin, StrictConfigMixin, SchedulerMixin, ConfigMixin):
     r"""Bernoulli diffusion in continuous time `t` in [0, 1] (1 = pure noise).
 
     Forward process: `z_t ~ Bernoulli((1 - t) * z_0 + t / 2)`, so `z_1` is uniform noise and `z_0` the data.
@@ -70,6 +71,7 @@ class BernoulliScheduler(StrictConfigMixin, SchedulerMixin, ConfigMixin):
 
     order = 1
     _compatibles = []
+    _remote_code_entry = SCHEDULER_ENTRY
     _optional_config_keys = ("algorithm", "rho", "posterior_keep_rate", "timestep_distribution", "logit_mean",
                              "logit_std")  # every sampling setting has a safe default  # fmt: skip
 

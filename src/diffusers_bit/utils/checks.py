@@ -181,7 +181,8 @@ def check_config_keys(cls, config: dict, overrides: Optional[dict] = None) -> No
 
     params = inspect.signature(cls.__init__).parameters
     known = {name for name in params if name != "self" and params[name].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD}
-    given = {key for key in config if not str(key).startswith("_") and key not in EMA_CONFIG_KEYS}
+    # `auto_map` is diffusers' AutoModel bookkeeping (remote code), not a constructor argument
+    given = {key for key in config if not str(key).startswith("_") and key not in EMA_CONFIG_KEYS and key != "auto_map"}
     defaulted = set(config.get("_use_default_values", []) or [])
     unknown = sorted(given - known)
     missing = sorted(known - given - set(overrides or {}) - set(cls._optional_config_keys) - defaulted)

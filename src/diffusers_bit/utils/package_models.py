@@ -17,6 +17,8 @@ import os
 from pathlib import Path
 from typing import Optional, Union
 
+import torch
+
 from .checks import read_json_file
 
 REFERENCE_FILE = "reference.json"
@@ -117,3 +119,18 @@ def load_referenced_component(name: str, reference: Union[str, dict], torch_dtyp
         component = component.eval().requires_grad_(False)
     setattr(component, PACKAGE_REFERENCE_ATTR, dict(reference))
     return component
+
+
+class PackagedComponent(torch.nn.Module):
+    r"""The class diffusers' remote-code loader is told about for a text `tokenizer` / `text_encoder` folder that
+    holds only `reference.json` (pipelines saved with remote code): `from_pretrained(folder)` returns the
+    transformers object loaded from the installed package ([`load_referenced_component`]), never an instance of this
+    class. It is a `torch.nn.Module` only so that diffusers passes the pipeline's `dtype` to it."""
+
+    @classmethod
+    def from_pretrained(cls, folder: Union[str, os.PathLike], torch_dtype=None, dtype=None, **kwargs):
+        reference = read_reference(folder)
+        if reference is None:
+            raise FileNotFoundError(f"{folder} has no {REFERENCE_FILE}")
+        name = reference.get("kind") or Path(folder).name
+        return load_referenced_component(name, reference, dtype if dtype is not None else torch_dtype)
