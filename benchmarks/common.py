@@ -27,19 +27,11 @@ import torch
 
 PAPER_PRESET = "instella-t2i"
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class NotMeasured(RuntimeError):
     """A section cannot measure anything on this run; the message is the reason shown in the results (it should
     start with "not measured: ")."""
-
-
-def resolve_dtype(name: str) -> torch.dtype:
-    """`"bfloat16"` -> `torch.bfloat16` (also `float32`, `float16`)."""
-    if name not in DTYPES:
-        raise ValueError(f"dtype must be one of {list(DTYPES)}, got {name!r}")
-    return DTYPES[name]
 
 
 def synchronize(device: torch.device) -> None:
@@ -177,11 +169,23 @@ def record(
 ) -> dict:
     """A measurement record (see the module docstring); `timing` is a [`measure`] result whose memory and samples
     are attached."""
-    out = {"value": value, "unit": unit, "label": label, "note": note, "extrapolated": extrapolated,
-           "peak_memory_gib": None, "memory": None}  # fmt: skip
+    out = {
+        "value": value,
+        "unit": unit,
+        "label": label,
+        "note": note,
+        "extrapolated": extrapolated,
+        "peak_memory_gib": None,
+        "memory": None,
+    }
     if timing is not None:
-        out.update(peak_memory_gib=timing["peak_memory_gib"], memory=timing["memory"], samples=timing["samples"],
-                   cold=timing["cold"], median_s=timing["median_s"])  # fmt: skip
+        out.update(
+            peak_memory_gib=timing["peak_memory_gib"],
+            memory=timing["memory"],
+            samples=timing["samples"],
+            cold=timing["cold"],
+            median_s=timing["median_s"],
+        )
     out.update(extra)
     return out
 
@@ -245,10 +249,21 @@ def _cpu_flags() -> list[str]:
 def git_commit() -> Optional[str]:
     """`<sha>` of the checkout (with `+dirty` when tracked files changed), or `None` outside git. Read-only."""
     try:
-        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO_ROOT, capture_output=True,
-                             text=True, timeout=10, check=True).stdout.strip()  # fmt: skip
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
-                               capture_output=True, text=True, timeout=10).stdout.strip()  # fmt: skip
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return sha + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None
@@ -291,7 +306,8 @@ def environment(device: torch.device) -> dict:
 # ----------------------------------------------------------------------------------------------------------------------
 # Training tasks (planned by the parent process, which does not import the models)
 # ----------------------------------------------------------------------------------------------------------------------
-TRAINING_MODELS = ["dit", "ar", "tokenizer-stage1", "tokenizer-stage2", "tokenizer-stage3"]
+# `dit-lora` / `ar-lora`: the same generator steps training a LoRA adapter only (train_t2i.py --use_lora)
+TRAINING_MODELS = ["dit", "ar", "dit-lora", "ar-lora", "tokenizer-stage1", "tokenizer-stage2", "tokenizer-stage3"]
 DEFAULT_BATCH = {
     "tiny": 8,
     "cpu": {"dit": 1, "ar": 1, "tokenizer": 1},

@@ -15,6 +15,11 @@ weights, nothing downloaded), times them with [`common.measure`] and returns `{k
   achieved FLOP/s, and the dtype's matmul peak measured in the same process.
 
 The text encoder is never timed (it runs once per prompt); per-layer text features are random.
+
+Speed switches (`--attention_backend NAME`, `--compile`) apply to our models (BinaryDiT, BinaryARTransformer,
+BinaryLatentTokenizer), never to the authors' model or PixArt: `set_attention_backend(NAME)`, then regional compilation
+(`compile_repeated_blocks()`, inductor) with one extra untimed call before every measurement so that compilation is
+not timed. Every record says what applied to the model it measures (`compiled`, `attention_backend`).
 """
 
 import argparse
@@ -24,8 +29,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from diffusers_bit import BernoulliScheduler, BinaryARTransformer, BinaryDiT, BinaryLatentTokenizer, load_preset_config
+from diffusers_bit.utils.dtypes import dtype_from_name
 
-from .common import cfg_text_features, measure, param_count, record, resolve_dtype, time_record
+from .common import cfg_text_features, measure, param_count, record, time_record
 
 GUIDANCE_SCALE, TEMPERATURE = 5.0, 0.6  # the diffusion pipeline's defaults
 AR_GUIDANCE_SCALE = 8.5
@@ -35,26 +41,90 @@ AR_GUIDANCE_SCALE = 8.5
 # ratio conditions of the 1024 model): 28 blocks of 16 heads x 72 = 1152, patch 2 on a 128 x 128 x 4 latent = 4096
 # tokens, T5-XXL captions (4096 wide, 120 tokens).
 PIXART_ALPHA_1024 = {
-    "num_attention_heads": 16, "attention_head_dim": 72, "in_channels": 4, "out_channels": 8, "num_layers": 28,
-    "cross_attention_dim": 1152, "attention_bias": True, "sample_size": 128, "patch_size": 2,
-    "activation_fn": "gelu-approximate", "num_embeds_ada_norm": 1000, "norm_type": "ada_norm_single",
-    "norm_elementwise_affine": False, "norm_eps": 1e-6, "caption_channels": 4096, "use_additional_conditions": True,
-}  # fmt: skip
+    "num_attention_heads": 16,
+    "attention_head_dim": 72,
+    "in_channels": 4,
+    "out_channels": 8,
+    "num_layers": 28,
+    "cross_attention_dim": 1152,
+    "attention_bias": True,
+    "sample_size": 128,
+    "patch_size": 2,
+    "activation_fn": "gelu-approximate",
+    "num_embeds_ada_norm": 1000,
+    "norm_type": "ada_norm_single",
+    "norm_elementwise_affine": False,
+    "norm_eps": 1e-6,
+    "caption_channels": 4096,
+    "use_additional_conditions": True,
+}
 PIXART_CONFIGS = {
     "instella-t2i": (PIXART_ALPHA_1024, 1024, 120),  # (config, image side, text tokens)
-    "tiny": ({**PIXART_ALPHA_1024, "num_attention_heads": 2, "attention_head_dim": 24, "num_layers": 2,
-              "cross_attention_dim": 48, "sample_size": 16, "caption_channels": 32}, 128, 8),
-}  # fmt: skip
+    "tiny": (
+        {
+            **PIXART_ALPHA_1024,
+            "num_attention_heads": 2,
+            "attention_head_dim": 24,
+            "num_layers": 2,
+            "cross_attention_dim": 48,
+            "sample_size": 16,
+            "caption_channels": 32,
+        },
+        128,
+        8,
+    ),
+}
 
 
 def _context(args: argparse.Namespace) -> tuple[torch.device, torch.dtype]:
     torch.manual_seed(args.seed)
-    return torch.device(args.device), resolve_dtype(args.dtype)
+    return torch.device(args.device), dtype_from_name(args.dtype)
 
 
 def _timing(args: argparse.Namespace, fn, device, repeats=None, warmup=None) -> dict:
-    return measure(fn, device, repeats=args.repeats if repeats is None else repeats,
-                   warmup=args.warmup if warmup is None else warmup, budget_s=args.time_budget_s)  # fmt: skip
+    if getattr(args, "compile", False):
+        fn()  # compiles (or recompiles for new shapes) outside the timed runs and the time budget
+    return measure(
+        fn,
+        device,
+        repeats=args.repeats if repeats is None else repeats,
+        warmup=args.warmup if warmup is None else warmup,
+        budget_s=args.time_budget_s,
+    )
+
+
+def speed_switches(args: argparse.Namespace) -> dict:
+    """The `--compile` / `--attention_backend` settings as recorded in the records of a model they apply to."""
+    return {
+        "compiled": bool(getattr(args, "compile", False)),
+        "attention_backend": getattr(args, "attention_backend", None),
+    }
+
+
+NOT_SWITCHED = {"compiled": False, "attention_backend": None}  # records of models the switches never touch
+
+
+def apply_speed_switches(model, args: argparse.Namespace):
+    """`--attention_backend` (`set_attention_backend`), then `--compile` (`compile_repeated_blocks`) on one of our
+    models; returns the model."""
+    if getattr(args, "attention_backend", None):
+        model.set_attention_backend(args.attention_backend)
+    if getattr(args, "compile", False):
+        model.compile_repeated_blocks()
+    return model
+
+
+def tag_records(out: dict, switches: dict) -> dict:
+    """Record in every measurement of `out` which speed switches applied (and say so in the notes when any did)."""
+    said = "; ".join(
+        ([f"attention backend {switches['attention_backend']}"] if switches["attention_backend"] else [])
+        + (["regional torch.compile"] if switches["compiled"] else [])
+    )
+    for rec in out.values():
+        rec.update(switches)
+        if said and rec["unit"] not in ("params", "FLOP"):  # counts: the same whatever the switches
+            rec["note"] = f"{rec['note']}; {said}" if rec.get("note") else said
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -110,13 +180,15 @@ def build_dit(preset: str, device, dtype, meta: bool = False) -> BinaryDiT:
 
 def dit_inputs(model: BinaryDiT, args, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
     cfg = model.config
-    return cfg_text_features(cfg.text_num_layers or cfg.num_layers, args.batch_size, args.text_len, cfg.text_embed_dim,
-                             device, dtype)  # fmt: skip
+    return cfg_text_features(
+        cfg.text_num_layers or cfg.num_layers, args.batch_size, args.text_len, cfg.text_embed_dim, device, dtype
+    )
 
 
 def _per_image(args, step: dict, prepare_s: float = 0.0) -> tuple[float, str]:
     return prepare_s + args.steps * step["seconds"], f"{args.steps} x the measured step" + (
-        " + the text K/V projection" if prepare_s else "")  # fmt: skip
+        " + the text K/V projection" if prepare_s else ""
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -125,10 +197,11 @@ def _per_image(args, step: dict, prepare_s: float = 0.0) -> tuple[float, str]:
 @torch.no_grad()
 def run_diffusion(args: argparse.Namespace) -> dict:
     device, dtype = _context(args)
-    dit = build_dit(args.preset, device, dtype)
+    dit = apply_speed_switches(build_dit(args.preset, device, dtype), args)
     feats, mask = dit_inputs(dit, args, device, dtype)
-    sampler = GuidedSampler(args.preset, (args.batch_size, dit.config.num_tokens, dit.config.in_channels), args.steps,
-                            device)  # fmt: skip
+    sampler = GuidedSampler(
+        args.preset, (args.batch_size, dit.config.num_tokens, dit.config.in_channels), args.steps, device
+    )
     text_kv = dit.prepare_text_kv(feats, mask)
     cached = lambda z, t: dit(z, t, text_kv=text_kv).sample  # noqa: E731
     reprojected = lambda z, t: dit(z, t, feats, mask).sample  # noqa: E731
@@ -140,16 +213,18 @@ def run_diffusion(args: argparse.Namespace) -> dict:
     step = _timing(args, lambda: sampler.one_step(cached), device)
     out["diffusion.step_s"] = time_record("denoising step, text K/V cached (ours)", step, note)
     step_reprojected = _timing(args, lambda: sampler.one_step(reprojected), device)
-    out["diffusion.step_text_reprojected_s"] = time_record("denoising step, text re-projected every step",
-                                                           step_reprojected, note)  # fmt: skip
+    out["diffusion.step_text_reprojected_s"] = time_record(
+        "denoising step, text re-projected every step", step_reprojected, note
+    )
     if args.per_step_only:
         seconds, how = _per_image(args, step, prepare["seconds"])
-        out["diffusion.image_s"] = record(seconds, "s", f"{args.steps} steps per image (no decode)", note,
-                                          extrapolated=how)  # fmt: skip
+        out["diffusion.image_s"] = record(
+            seconds, "s", f"{args.steps} steps per image (no decode)", note, extrapolated=how
+        )
     else:
         loop = _timing(args, lambda: _sample_with_projection(dit, sampler, feats, mask), device)
         out["diffusion.image_s"] = time_record(f"{args.steps} steps per image (no decode)", loop, note)
-    return out
+    return tag_records(out, speed_switches(args))
 
 
 def _sample_with_projection(dit: BinaryDiT, sampler: GuidedSampler, feats, mask) -> torch.Tensor:
@@ -160,18 +235,20 @@ def _sample_with_projection(dit: BinaryDiT, sampler: GuidedSampler, feats, mask)
 
 @torch.no_grad()
 def run_official(args: argparse.Namespace) -> dict:
-    from .official import build_official_diffusion
-
     from diffusers_bit.conversion import convert_state_dict
+
+    from .official import build_official_diffusion
 
     device, dtype = _context(args)
     config = load_preset_config(args.preset, "transformer")
     official = build_official_diffusion(config, device, dtype)  # raises OfficialUnavailable -> "not measured"
-    feats, mask = cfg_text_features(config["num_layers"], args.batch_size, args.text_len, config["text_embed_dim"],
-                                    device, dtype)  # fmt: skip
+    feats, mask = cfg_text_features(
+        config["num_layers"], args.batch_size, args.text_len, config["text_embed_dim"], device, dtype
+    )
     layers = list(feats)
-    sampler = GuidedSampler(args.preset, (args.batch_size, config["num_tokens"], config["in_channels"]), args.steps,
-                            device)  # fmt: skip
+    sampler = GuidedSampler(
+        args.preset, (args.batch_size, config["num_tokens"], config["in_channels"]), args.steps, device
+    )
 
     captured = {}
 
@@ -192,7 +269,7 @@ def run_official(args: argparse.Namespace) -> dict:
     # both compute the same logits
     model = BinaryDiT.from_config(config).to(dtype)
     model.load_state_dict(convert_state_dict(official.state_dict(), "transformer"))
-    model = model.to(device).eval()
+    model = apply_speed_switches(model.to(device).eval(), args)
     text_kv = model.prepare_text_kv(feats, mask)
 
     def ours(z, t):
@@ -201,15 +278,22 @@ def run_official(args: argparse.Namespace) -> dict:
         return logits
 
     ours_step = _timing(args, lambda: sampler.one_step(ours), device)
-    out["official.ours_step_s"] = time_record("denoising step, ours with the authors' weights (text K/V cached)",
-                                              ours_step, note)  # fmt: skip
+    out["official.ours_step_s"] = time_record(
+        "denoising step, ours with the authors' weights (text K/V cached)", ours_step, note
+    )
     out["official.ours_step_s"].update(peak_memory_gib=None, memory=None)  # both models are resident here
     theirs_logits, ours_logits = captured["theirs"].float(), captured["ours"].float()
     diff = (theirs_logits - ours_logits).abs().max().item()
     scale = theirs_logits.abs().max().item()
-    out["official.max_abs_diff_vs_ours"] = record(diff, "abs", "largest flip-logit difference, ours vs the authors' "
-                                                  "(same weights and inputs)", note=f"largest logit {scale:.3g}, "
-                                                  f"{args.dtype}")  # fmt: skip
+    out["official.max_abs_diff_vs_ours"] = record(
+        diff,
+        "abs",
+        "largest flip-logit difference, ours vs the authors' (same weights and inputs)",
+        note=f"largest logit {scale:.3g}, {args.dtype}",
+    )
+    our_keys = ("official.ours_step_s", "official.max_abs_diff_vs_ours")  # the switches act on our model only
+    tag_records({k: v for k, v in out.items() if k not in our_keys}, NOT_SWITCHED)
+    tag_records({k: out[k] for k in our_keys}, speed_switches(args))
     return out
 
 
@@ -226,22 +310,37 @@ def run_pixart(args: argparse.Namespace) -> dict:
     side = config["sample_size"]
     latents = torch.randn(rows, config["in_channels"], side, side, device=device, dtype=dtype)
     captions, caption_mask = cfg_text_features(1, args.batch_size, text_len, config["caption_channels"], device, dtype)
-    conditions = {"resolution": torch.tensor([[image_size, image_size]] * rows, device=device, dtype=dtype),
-                  "aspect_ratio": torch.ones(rows, 1, device=device, dtype=dtype)}  # fmt: skip
+    conditions = {
+        "resolution": torch.tensor([[image_size, image_size]] * rows, device=device, dtype=dtype),
+        "aspect_ratio": torch.ones(rows, 1, device=device, dtype=dtype),
+    }
     timestep = torch.full((rows,), 500, device=device, dtype=torch.long)
 
     def step():
-        out = model(latents, encoder_hidden_states=captions[0], encoder_attention_mask=caption_mask, timestep=timestep,
-                    added_cond_kwargs=conditions, return_dict=False)[0]  # fmt: skip
+        out = model(
+            latents,
+            encoder_hidden_states=captions[0],
+            encoder_attention_mask=caption_mask,
+            timestep=timestep,
+            added_cond_kwargs=conditions,
+            return_dict=False,
+        )[0]
         cond, uncond = out[:, : config["in_channels"]].float().chunk(2)  # the other channels: learned variance
         return uncond + 4.5 * (cond - uncond)
 
     tokens = (side // config["patch_size"]) ** 2
     block_params = param_count(model.transformer_blocks[0])
-    note = (f"{tokens} latent tokens, {text_len} text tokens, batch {args.batch_size} (+{args.batch_size} "
-            f"unconditional), {args.dtype}; scheduler step and VAE decode not included")  # fmt: skip
-    out = {"pixart.params": record(param_count(model) + (full_layers - layers) * block_params, "params",
-                                   "PixArt-alpha transformer parameters (random weights)")}  # fmt: skip
+    note = (
+        f"{tokens} latent tokens, {text_len} text tokens, batch {args.batch_size} (+{args.batch_size} "
+        f"unconditional), {args.dtype}; scheduler step and VAE decode not included"
+    )
+    out = {
+        "pixart.params": record(
+            param_count(model) + (full_layers - layers) * block_params,
+            "params",
+            "PixArt-alpha transformer parameters (random weights)",
+        )
+    }
     captured = {}
 
     def grab(module, block_args, block_kwargs):
@@ -258,26 +357,41 @@ def run_pixart(args: argparse.Namespace) -> dict:
         block = model.transformer_blocks[0]
         block_timing = _timing(args, lambda: block(*block_args, **block_kwargs), device)
         out["pixart.block_s"] = time_record("one PixArt block", block_timing, note)
-        blocks_how = (f"{layers} of {full_layers} blocks timed in the model, the other {full_layers - layers} as "
-                      "copies of one timed block")  # fmt: skip
+        blocks_how = (
+            f"{layers} of {full_layers} blocks timed in the model, the other {full_layers - layers} as "
+            "copies of one timed block"
+        )
         estimate = timing["seconds"] + (full_layers - layers) * block_timing["seconds"]
-        out["pixart.step_s"] = record(estimate, "s", "PixArt-alpha denoising step (transformer)", note,
-                                      extrapolated=blocks_how, peak_memory_gib=timing["peak_memory_gib"],
-                                      memory=f"{timing['memory']} of the {layers}-block model")  # fmt: skip
+        out["pixart.step_s"] = record(
+            estimate,
+            "s",
+            "PixArt-alpha denoising step (transformer)",
+            note,
+            extrapolated=blocks_how,
+            peak_memory_gib=timing["peak_memory_gib"],
+            memory=f"{timing['memory']} of the {layers}-block model",
+        )
         how = f"{args.steps} x the step ({blocks_how})"
-    out["pixart.image_s"] = record(args.steps * estimate, "s", f"{args.steps} steps per {image_size} px image "
-                                   "(transformer only)", note, extrapolated=how)  # fmt: skip
-    return out
+    out["pixart.image_s"] = record(
+        args.steps * estimate,
+        "s",
+        f"{args.steps} steps per {image_size} px image (transformer only)",
+        note,
+        extrapolated=how,
+    )
+    return tag_records(out, NOT_SWITCHED)
 
 
 @torch.no_grad()
 def run_ar(args: argparse.Namespace) -> dict:
     device, dtype = _context(args)
     ar = BinaryARTransformer.from_config(load_preset_config(args.preset, "ar_transformer")).to(device, dtype).eval()
+    ar = apply_speed_switches(ar, args)
     cfg = ar.config
     b = args.batch_size
-    feats, mask = cfg_text_features(cfg.text_num_layers or cfg.num_layers, b, args.text_len, cfg.text_embed_dim,
-                                    device, dtype)  # fmt: skip
+    feats, mask = cfg_text_features(
+        cfg.text_num_layers or cfg.num_layers, b, args.text_len, cfg.text_embed_dim, device, dtype
+    )
     text_kv = ar.prepare_text_kv(feats, mask)
     n_tokens, channels = cfg.num_tokens, cfg.in_channels
     generator = torch.Generator(device=device).manual_seed(args.seed)
@@ -304,8 +418,9 @@ def run_ar(args: argparse.Namespace) -> dict:
     out = {"ar.params": record(param_count(ar), "params", "BinaryARTransformer parameters")}
     cached = _timing(args, lambda: generate(True, n_tokens), device)
     out["ar.image_kv_cache_s"] = time_record("seconds per image, KV cache", cached, note)
-    out["ar.tokens_per_s_kv_cache"] = record(b * n_tokens / cached["seconds"], "tokens/s",
-                                             "tokens per second, KV cache", note)  # fmt: skip
+    out["ar.tokens_per_s_kv_cache"] = record(
+        b * n_tokens / cached["seconds"], "tokens/s", "tokens per second, KV cache", note
+    )
 
     full_tokens = min(args.ar_full_tokens or n_tokens, n_tokens)
     partial = _timing(args, lambda: generate(False, full_tokens), device, repeats=1)
@@ -317,27 +432,48 @@ def run_ar(args: argparse.Namespace) -> dict:
         times = []
         for length in lengths:
             prefix = torch.randint(0, 2, (2 * b, int(length), channels), device=device).float()
-            times.append(_timing(args, lambda: sample_token(ar(prefix, text_kv=text_kv).sample[:, -1]), device,
-                                 repeats=1, warmup=0)["seconds"])  # fmt: skip
+            times.append(
+                _timing(
+                    args, lambda: sample_token(ar(prefix, text_kv=text_kv).sample[:, -1]), device, repeats=1, warmup=0
+                )["seconds"]
+            )
         rest = float(np.interp(np.arange(full_tokens, n_tokens), lengths, times).sum())
-        how = (f"{full_tokens} of {n_tokens} tokens generated; the other {n_tokens - full_tokens} forwards "
-               f"interpolated from {len(lengths)} timed prefix lengths {lengths.tolist()}")  # fmt: skip
-        out["ar.image_full_forward_s"] = record(partial["seconds"] + rest, "s", "seconds per image, full forward every "
-                                                "token", note, extrapolated=how, peak_memory_gib=partial[
-                                                "peak_memory_gib"], memory=partial["memory"])  # fmt: skip
+        how = (
+            f"{full_tokens} of {n_tokens} tokens generated; the other {n_tokens - full_tokens} forwards "
+            f"interpolated from {len(lengths)} timed prefix lengths {lengths.tolist()}"
+        )
+        out["ar.image_full_forward_s"] = record(
+            partial["seconds"] + rest,
+            "s",
+            "seconds per image, full forward every token",
+            note,
+            extrapolated=how,
+            peak_memory_gib=partial["peak_memory_gib"],
+            memory=partial["memory"],
+        )
         same = _timing(args, lambda: generate(True, full_tokens), device)
-        out["ar.kv_cache_speedup_same_tokens"] = record(partial["seconds"] / same["seconds"], "x", f"KV cache speed-up "
-                                                        f"over the first {full_tokens} tokens (both measured)", note)
+        out["ar.kv_cache_speedup_same_tokens"] = record(
+            partial["seconds"] / same["seconds"],
+            "x",
+            f"KV cache speed-up over the first {full_tokens} tokens (both measured)",
+            note,
+        )
     full = out["ar.image_full_forward_s"]
-    out["ar.tokens_per_s_full_forward"] = record(b * n_tokens / full["value"], "tokens/s", "tokens per second, full "
-                                                 "forward every token", note, extrapolated=full["extrapolated"])
-    return out
+    out["ar.tokens_per_s_full_forward"] = record(
+        b * n_tokens / full["value"],
+        "tokens/s",
+        "tokens per second, full forward every token",
+        note,
+        extrapolated=full["extrapolated"],
+    )
+    return tag_records(out, speed_switches(args))
 
 
 @torch.no_grad()
 def run_tokenizer(args: argparse.Namespace) -> dict:
     device, dtype = _context(args)
     tok = BinaryLatentTokenizer.from_config(load_preset_config(args.preset, "image_tokenizer")).to(device, dtype).eval()
+    tok = apply_speed_switches(tok, args)
     b = args.batch_size
     bits = torch.randint(0, 2, (b, tok.config.num_latent_tokens, tok.config.bits_per_token), device=device)
     sizes = tok.supported_sizes or [tok.default_size]
@@ -349,7 +485,7 @@ def run_tokenizer(args: argparse.Namespace) -> dict:
     for size in sizes:
         timing = _timing(args, lambda: tok.decode(bits, size, size), device)
         out[f"tokenizer.decode_{size}_s"] = time_record(f"decode {size} px", timing, note)
-    return out
+    return tag_records(out, speed_switches(args))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -418,30 +554,42 @@ def analytic_step_flops(config: dict, batch_size: int, text_len: int) -> int:
 def run_efficiency(args: argparse.Namespace) -> dict:
     device, dtype = _context(args)
     config = load_preset_config(args.preset, "transformer")
-    peak = matmul_peak(device, dtype, args.peak_max_size or (8192 if device.type == "cuda" else 4096),
-                       args.peak_repeats)  # fmt: skip
+    peak = matmul_peak(
+        device, dtype, args.peak_max_size or (8192 if device.type == "cuda" else 4096), args.peak_repeats
+    )
     counted = count_step_flops(args.preset, args.batch_size, args.text_len)
     analytic = analytic_step_flops(config, args.batch_size, args.text_len)
 
-    dit = build_dit(args.preset, device, dtype)
+    dit = apply_speed_switches(build_dit(args.preset, device, dtype), args)
     feats, mask = dit_inputs(dit, args, device, dtype)
-    sampler = GuidedSampler(args.preset, (args.batch_size, dit.config.num_tokens, dit.config.in_channels), args.steps,
-                            device)  # fmt: skip
+    sampler = GuidedSampler(
+        args.preset, (args.batch_size, dit.config.num_tokens, dit.config.in_channels), args.steps, device
+    )
     text_kv = dit.prepare_text_kv(feats, mask)
     step = _timing(args, lambda: sampler.one_step(lambda z, t: dit(z, t, text_kv=text_kv).sample), device)
     achieved = counted / step["seconds"]
     layouts = ", ".join(f"{k}: {v['flops'] / 1e9:.1f} GFLOP/s at {v['size']}" for k, v in peak["layouts"].items())
     note = f"batch {args.batch_size} (+{args.batch_size} unconditional), {args.text_len} text tokens, {args.dtype}"
-    return {
-        "efficiency.matmul_peak_flops": record(peak["peak_flops"], "FLOP/s", f"{args.dtype} matmul peak (square, "
-                                               "best layout)", note=layouts, layouts=peak["layouts"]),  # fmt: skip
+    out = {
+        "efficiency.matmul_peak_flops": record(
+            peak["peak_flops"],
+            "FLOP/s",
+            f"{args.dtype} matmul peak (square, best layout)",
+            note=layouts,
+            layouts=peak["layouts"],
+        ),
         "efficiency.step_flops": record(counted, "FLOP", "FLOPs of one diffusion step (FlopCounterMode)", note),
         "efficiency.step_flops_analytic": record(analytic, "FLOP", "FLOPs of one diffusion step (analytic)", note),
         "efficiency.step_s": time_record("denoising step, text K/V cached", step, note),
         "efficiency.achieved_flops": record(achieved, "FLOP/s", "achieved FLOP/s of the diffusion step", note),
-        "efficiency.fraction_of_peak": record(achieved / peak["peak_flops"], "ratio", "diffusion step FLOP/s / matmul "
-                                              "peak", note),  # fmt: skip
+        "efficiency.fraction_of_peak": record(
+            achieved / peak["peak_flops"], "ratio", "diffusion step FLOP/s / matmul peak", note
+        ),
     }
+    peak_key = "efficiency.matmul_peak_flops"  # plain matmuls: no switch applies
+    tag_records({peak_key: out[peak_key]}, NOT_SWITCHED)
+    tag_records({k: v for k, v in out.items() if k != peak_key}, speed_switches(args))
+    return out
 
 
 SECTIONS = {

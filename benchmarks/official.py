@@ -58,8 +58,14 @@ def sdpa_flash_attention_forward(
     mask = None
     if attention_mask is not None:
         mask = attention_mask.to(device=query.device).bool()
-    out = F.scaled_dot_product_attention(query, key, value, attn_mask=None if mask is None else mask[:, None, None, :],
-                                         dropout_p=dropout, scale=softmax_scale)  # fmt: skip
+    out = F.scaled_dot_product_attention(
+        query,
+        key,
+        value,
+        attn_mask=None if mask is None else mask[:, None, None, :],
+        dropout_p=dropout,
+        scale=softmax_scale,
+    )
     if mask is not None:
         out = out.masked_fill(~mask[:, -query_length:][:, None, :, None], 0.0)
     return out.transpose(1, 2)
@@ -93,8 +99,9 @@ def load_official_diffusion_class(repo: Optional[Path] = None) -> type:
             attention_module._flash_attention_forward = sdpa_flash_attention_forward
             diff_module = importlib.import_module("models.diff_model")
     except Exception as error:  # their imports may not fit this environment: report it, do not crash the suite
-        raise OfficialUnavailable(f"not measured: importing the authors' code from {repo} failed "
-                                  f"({type(error).__name__}: {error})") from error  # fmt: skip
+        raise OfficialUnavailable(
+            f"not measured: importing the authors' code from {repo} failed ({type(error).__name__}: {error})"
+        ) from error
     # `FlashAttention2.forward` looks `_flash_attention_forward` up in models.llama_attn's namespace: patched above
     return diff_module.Instella_Binary_Diff
 

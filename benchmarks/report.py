@@ -28,9 +28,16 @@ def decode_sizes(measurements: dict) -> list[int]:
 
 def _sum_record(label: str, parts: list[dict], how: str, unit: str = "s") -> dict:
     extrapolated = [p["extrapolated"] for p in parts if p.get("extrapolated")]
-    return {"value": sum(p["value"] for p in parts), "unit": unit, "label": label, "note": how,
-            "extrapolated": "; ".join(extrapolated) if extrapolated else None, "derived": True,
-            "peak_memory_gib": None, "memory": None}  # fmt: skip
+    return {
+        "value": sum(p["value"] for p in parts),
+        "unit": unit,
+        "label": label,
+        "note": how,
+        "extrapolated": "; ".join(extrapolated) if extrapolated else None,
+        "derived": True,
+        "peak_memory_gib": None,
+        "memory": None,
+    }
 
 
 def derive(measurements: dict, settings: dict) -> dict:
@@ -38,9 +45,32 @@ def derive(measurements: dict, settings: dict) -> dict:
 
     - `diffusion.full_image_<size>_s`: seconds per image of the diffusion loop plus the tokenizer's decode at the
       smallest and the largest size;
-    - `ar.full_image_<size>_s`: AR generation with the KV cache plus the decode at the largest size.
+    - `ar.full_image_<size>_s`: AR generation with the KV cache plus the decode at the largest size;
+    - `training.<preset>.<dit|ar>-lora.<ckpt|no_ckpt>.peak_memory_vs_full`: peak memory of the LoRA step over that
+      of the full fine-tuning step of the same generator, preset and checkpointing (each task runs in its own
+      process).
     """
     out = {}
+    for key, rec in measurements.items():
+        parts = key.split(".")
+        if parts[0] != "training" or not parts[2].endswith("-lora") or parts[-1] != "samples_per_s":
+            continue
+        full = measurements.get(".".join([parts[0], parts[1], parts[2].removesuffix("-lora"), *parts[3:]]))
+        if full is None or not rec.get("peak_memory_gib") or not full.get("peak_memory_gib"):
+            continue
+        out[".".join(parts[:-1] + ["peak_memory_vs_full"])] = {
+            "value": rec["peak_memory_gib"] / full["peak_memory_gib"],
+            "unit": "ratio",
+            "label": f"{parts[1]} {parts[2]} step peak memory / full fine-tuning step's "
+            f"({rec['peak_memory_gib']:.3g} / {full['peak_memory_gib']:.3g} GiB, "
+            f"gradient checkpointing {'on' if parts[3] == 'ckpt' else 'off'})",
+            "note": f"{rec.get('memory')}; LoRA trains {rec.get('trained_params')} of the parameters, full "
+            f"{full.get('trained_params')}",
+            "extrapolated": None,
+            "derived": True,
+            "peak_memory_gib": None,
+            "memory": None,
+        }
     sizes = decode_sizes(measurements)
     if not sizes:
         return out
@@ -49,13 +79,16 @@ def derive(measurements: dict, settings: dict) -> dict:
         if "diffusion.image_s" in measurements:
             out[f"diffusion.full_image_{size}_s"] = _sum_record(
                 f"full {size} px image: {settings['steps']} steps + decode",
-                [measurements["diffusion.image_s"], decode], "diffusion section + tokenizer section")  # fmt: skip
+                [measurements["diffusion.image_s"], decode],
+                "diffusion section + tokenizer section",
+            )
     largest = sizes[-1]
     if "ar.image_kv_cache_s" in measurements:
         out[f"ar.full_image_{largest}_s"] = _sum_record(
             f"full {largest} px image: AR with KV cache + decode",
             [measurements["ar.image_kv_cache_s"], measurements[f"tokenizer.decode_{largest}_s"]],
-            "AR section + tokenizer section")  # fmt: skip
+            "AR section + tokenizer section",
+        )
     return out
 
 
@@ -99,7 +132,7 @@ def _ratio(numerator: str, denominator: str) -> Callable[[dict], tuple]:
 
 
 def _single(key: str) -> Callable[[dict], tuple]:
-    return lambda m: ((m[key]["value"], [key]) if key in m else (None, [key]))
+    return lambda m: (m[key]["value"], [key]) if key in m else (None, [key])
 
 
 def _largest(template: str, over: Optional[str] = None) -> Callable[[dict], tuple]:
@@ -128,23 +161,73 @@ def _best_training(preset: str, model: str) -> Callable[[dict], tuple]:
 
 
 TARGETS = [
-    Target("diffusion_step_vs_official", "Diffusion step time / the authors' step (same weights and inputs, timed "
-           "back to back in one process)", _ratio("official.ours_step_s", "official.step_s"), "<=", 0.8, "x"),
-    Target("ar_kv_cache_speedup", "AR seconds per image: full-forward loop / KV cache",
-           _ratio("ar.image_full_forward_s", "ar.image_kv_cache_s"), ">=", 8.0, "x"),
-    Target("diffusion_step_fraction_of_matmul_peak", "1B diffusion step FLOP/s / bf16 matmul peak on CPU",
-           _single("efficiency.fraction_of_peak"), ">=", 0.75, "of peak", device="cpu", dtype="bfloat16"),
-    Target("full_image_vs_pixart", "PixArt-alpha transformer at 4096 tokens (20 steps) / our full image (20 steps + "
-           "decode at the largest size)", _largest("diffusion.full_image_{size}_s", over="pixart.image_s"), ">=", 20.0,
-           "x", steps=20),
-    Target("gpu_diffusion_image", "GPU: 20-step diffusion image + decode at the largest size, batch 1",
-           _largest("diffusion.full_image_{size}_s"), "<=", 0.1, "s/image", device="cuda", steps=20, batch_size=1),
-    Target("gpu_ar_image", "GPU: AR image (KV cache) + decode at the largest size, batch 1",
-           _largest("ar.full_image_{size}_s"), "<=", 0.5, "s/image", device="cuda", batch_size=1),
-    Target("gpu_dit_training", "GPU: 1B diffusion training images/s (precomputed latents and text features, best of "
-           "with/without gradient checkpointing)", _best_training(PAPER_PRESET, "dit"), ">=", 300.0, "images/s",
-           device="cuda"),
-]  # fmt: skip
+    Target(
+        "diffusion_step_vs_official",
+        "Diffusion step time / the authors' step (same weights and inputs, timed back to back in one process)",
+        _ratio("official.ours_step_s", "official.step_s"),
+        "<=",
+        0.8,
+        "x",
+    ),
+    Target(
+        "ar_kv_cache_speedup",
+        "AR seconds per image: full-forward loop / KV cache",
+        _ratio("ar.image_full_forward_s", "ar.image_kv_cache_s"),
+        ">=",
+        8.0,
+        "x",
+    ),
+    Target(
+        "diffusion_step_fraction_of_matmul_peak",
+        "1B diffusion step FLOP/s / bf16 matmul peak on CPU",
+        _single("efficiency.fraction_of_peak"),
+        ">=",
+        0.75,
+        "of peak",
+        device="cpu",
+        dtype="bfloat16",
+    ),
+    Target(
+        "full_image_vs_pixart",
+        "PixArt-alpha transformer at 4096 tokens (20 steps) / our full image (20 steps + decode at the largest size)",
+        _largest("diffusion.full_image_{size}_s", over="pixart.image_s"),
+        ">=",
+        20.0,
+        "x",
+        steps=20,
+    ),
+    Target(
+        "gpu_diffusion_image",
+        "GPU: 20-step diffusion image + decode at the largest size, batch 1",
+        _largest("diffusion.full_image_{size}_s"),
+        "<=",
+        0.1,
+        "s/image",
+        device="cuda",
+        steps=20,
+        batch_size=1,
+    ),
+    Target(
+        "gpu_ar_image",
+        "GPU: AR image (KV cache) + decode at the largest size, batch 1",
+        _largest("ar.full_image_{size}_s"),
+        "<=",
+        0.5,
+        "s/image",
+        device="cuda",
+        batch_size=1,
+    ),
+    Target(
+        "gpu_dit_training",
+        "GPU: 1B diffusion training images/s (precomputed latents and text features, best of "
+        "with/without gradient checkpointing)",
+        _best_training(PAPER_PRESET, "dit"),
+        ">=",
+        300.0,
+        "images/s",
+        device="cuda",
+    ),
+]
 
 
 def _missing_reason(keys: list, sections: dict) -> str:
@@ -175,8 +258,9 @@ def evaluate_targets(measurements: dict, settings: dict, sections: dict) -> list
     device = settings["device_type"]
     for target in TARGETS:
         value, keys = target.value(measurements)
-        extrapolated = [measurements[k]["extrapolated"] for k in keys if k in measurements and
-                        measurements[k].get("extrapolated")]  # fmt: skip
+        extrapolated = [
+            measurements[k]["extrapolated"] for k in keys if k in measurements and measurements[k].get("extrapolated")
+        ]
         reason = None
         if target.device == "cuda" and device != "cuda":
             reason = "not measured: no GPU"
@@ -197,9 +281,20 @@ def evaluate_targets(measurements: dict, settings: dict, sections: dict) -> list
             status = PASS if ok else FAIL
         else:
             status = NOT_MEASURED
-        rows.append({"name": target.name, "description": target.description, "value": value, "op": target.op,
-                     "threshold": target.threshold, "unit": target.unit, "status": status, "reason": reason,
-                     "inputs": keys, "extrapolated": "; ".join(extrapolated) or None})  # fmt: skip
+        rows.append(
+            {
+                "name": target.name,
+                "description": target.description,
+                "value": value,
+                "op": target.op,
+                "threshold": target.threshold,
+                "unit": target.unit,
+                "status": status,
+                "reason": reason,
+                "inputs": keys,
+                "extrapolated": "; ".join(extrapolated) or None,
+            }
+        )
     return rows
 
 
@@ -246,32 +341,50 @@ def _notes(rec: dict) -> str:
 
 
 def _threshold(row: dict) -> str:
-    return f"{row['op']} {format_value(row['threshold'], row['unit'])}" if row["unit"] not in ("s/image", "images/s") \
-        else f"{row['op']} {row['threshold']:g} {row['unit']}"  # fmt: skip
+    return (
+        f"{row['op']} {format_value(row['threshold'], row['unit'])}"
+        if row["unit"] not in ("s/image", "images/s")
+        else f"{row['op']} {row['threshold']:g} {row['unit']}"
+    )
 
 
 def _target_value(row: dict) -> str:
     if row["value"] is None:
         return "-"
-    text = format_value(row["value"], row["unit"]) if row["unit"] not in ("s/image", "images/s") else \
-        f"{row['value']:.4g} {row['unit']}"  # fmt: skip
+    text = (
+        format_value(row["value"], row["unit"])
+        if row["unit"] not in ("s/image", "images/s")
+        else f"{row['value']:.4g} {row['unit']}"
+    )
     return text + (" *" if row["extrapolated"] else "")
 
 
 def _environment_rows(results: dict) -> list[str]:
     env, s = results["environment"], results["settings"]
     flags = f"; {', '.join(env['cpu_flags'])}" if env.get("cpu_flags") else ""
-    machine = (f"{env['cpu']} ({env['cpu_cores']} logical cores, {env['torch_threads']} torch threads, "
-               f"{env['ram_gib']} GiB RAM{flags})")  # fmt: skip
-    settings = (f"preset `{s['preset']}`, {s['device']}, {s['dtype']}, batch {s['batch_size']} (+{s['batch_size']} "
-                f"unconditional), {s['steps']} steps, {s['text_len']} text tokens, best of {s['repeats']} after "
-                f"{s['warmup']} warm-up, " + (f"time budget {s['time_budget_s']:g} s per measurement" if
-                s["time_budget_s"] else "no time budget"))  # fmt: skip
-    rows = [("machine", machine), ("GPU", env.get("gpu") or "none"), ("date", env["date"]),
-            ("commit", f"`{env['commit']}`" if env.get("commit") else "unknown"),
-            ("software", f"torch {env['torch']}, diffusers {env['diffusers']}, transformers {env['transformers']}, "
-                         f"Python {env['python']}"),
-            ("settings", settings), ("command", f"`{results['command']}`")]  # fmt: skip
+    machine = (
+        f"{env['cpu']} ({env['cpu_cores']} logical cores, {env['torch_threads']} torch threads, "
+        f"{env['ram_gib']} GiB RAM{flags})"
+    )
+    settings = (
+        f"preset `{s['preset']}`, {s['device']}, {s['dtype']}, batch {s['batch_size']} (+{s['batch_size']} "
+        f"unconditional), {s['steps']} steps, {s['text_len']} text tokens, best of {s['repeats']} after "
+        f"{s['warmup']} warm-up, "
+        + (f"time budget {s['time_budget_s']:g} s per measurement" if s["time_budget_s"] else "no time budget")
+    )
+    rows = [
+        ("machine", machine),
+        ("GPU", env.get("gpu") or "none"),
+        ("date", env["date"]),
+        ("commit", f"`{env['commit']}`" if env.get("commit") else "unknown"),
+        (
+            "software",
+            f"torch {env['torch']}, diffusers {env['diffusers']}, transformers {env['transformers']}, "
+            f"Python {env['python']}",
+        ),
+        ("settings", settings),
+        ("command", f"`{results['command']}`"),
+    ]
     return ["| | |", "| --- | --- |"] + [f"| {k} | {v} |" for k, v in rows]
 
 
@@ -279,8 +392,13 @@ def render_markdown(results: dict) -> str:
     r"""The results as Markdown: machine/date/commit, the targets, one table per section (value, peak memory,
     notes; extrapolated numbers are marked), and the status of every section."""
     lines = ["# diffusers-bit benchmarks", ""] + _environment_rows(results)
-    lines += ["", "## Targets (ratios measured in the same run)", "",
-              "| target | measured | required | status |", "| --- | --- | --- | --- |"]  # fmt: skip
+    lines += [
+        "",
+        "## Targets (ratios measured in the same run)",
+        "",
+        "| target | measured | required | status |",
+        "| --- | --- | --- | --- |",
+    ]
     for row in results["targets"]:
         status = f"**{row['status']}**" if row["status"] in (PASS, FAIL) else row["reason"]
         lines.append(f"| {row['description']} | {_target_value(row)} | {_threshold(row)} | {status} |")

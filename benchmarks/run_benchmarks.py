@@ -51,68 +51,156 @@ def parse_args(argv=None) -> argparse.Namespace:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     group = parser.add_argument_group("what and where")
-    group.add_argument("--preset", choices=["tiny", "instella-t2i"], default="instella-t2i",
-                       help="Architecture of the inference sections (training runs at --train_presets).")
-    group.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                       help="cpu or cuda (ROCm builds of torch use cuda too). Default: cuda when available.")
+    group.add_argument(
+        "--preset",
+        choices=["tiny", "instella-t2i"],
+        default="instella-t2i",
+        help="Architecture of the inference sections (training runs at --train_presets).",
+    )
+    group.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="cpu or cuda (ROCm builds of torch use cuda too). Default: cuda when available.",
+    )
     group.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16")
     group.add_argument("--only", nargs="+", choices=SECTIONS, default=None, help="Run only these sections.")
     group.add_argument("--output_dir", default="outputs/benchmarks", help="Writes results.json and results.md here.")
     group.add_argument("--seed", type=int, default=0)
 
     group = parser.add_argument_group("inference settings")
-    group.add_argument("--batch_size", type=int, default=1,
-                       help="Images per call (classifier-free guidance adds as many unconditional rows).")
+    group.add_argument(
+        "--batch_size",
+        type=int,
+        default=1,
+        help="Images per call (classifier-free guidance adds as many unconditional rows).",
+    )
     group.add_argument("--steps", type=int, default=20, help="Denoising steps per image (the targets assume 20).")
-    group.add_argument("--text_len", type=int, default=128,
-                       help="Text tokens per prompt (the pipelines' max_sequence_length; also used in training).")
+    group.add_argument(
+        "--text_len",
+        type=int,
+        default=128,
+        help="Text tokens per prompt (the pipelines' max_sequence_length; also used in training).",
+    )
+    group.add_argument(
+        "--compile",
+        action="store_true",
+        help="Regional torch.compile of our models (compile_repeated_blocks, inductor) before timing; "
+        "one extra untimed call per measurement absorbs compilation. Inference sections only.",
+    )
+    group.add_argument(
+        "--attention_backend",
+        default=None,
+        metavar="NAME",
+        help="diffusers attention backend of our models (set_attention_backend), e.g. native, "
+        "_native_math, _native_efficient, _native_cudnn, flex. Default: diffusers' default "
+        "(native, or DIFFUSERS_ATTN_BACKEND). Inference sections only.",
+    )
 
     group = parser.add_argument_group("timing")
     group.add_argument("--repeats", type=int, default=3, help="Timed runs per measurement (the fastest is reported).")
     group.add_argument("--warmup", type=int, default=1, help="Untimed runs before timing.")
-    group.add_argument("--time_budget_s", type=float, default=None,
-                       help="Per measurement: a warm-up run longer than this is used as the only sample, and timed "
-                            "runs stop once they add up to more (keeps paper sizes feasible on a CPU).")
-    group.add_argument("--per_step_only", action="store_true",
-                       help="Diffusion: time one denoising step and extrapolate seconds per image to --steps steps "
-                            "(labelled) instead of timing the whole loop.")
-    group.add_argument("--ar_full_tokens", type=int, default=None,
-                       help="AR: run the no-cache loop for this many tokens only; the remaining forwards are "
-                            "interpolated from --ar_full_samples timed prefix lengths (labelled). Default: all tokens.")
+    group.add_argument(
+        "--time_budget_s",
+        type=float,
+        default=None,
+        help="Per measurement: a warm-up run longer than this is used as the only sample, and timed "
+        "runs stop once they add up to more (keeps paper sizes feasible on a CPU).",
+    )
+    group.add_argument(
+        "--per_step_only",
+        action="store_true",
+        help="Diffusion: time one denoising step and extrapolate seconds per image to --steps steps "
+        "(labelled) instead of timing the whole loop.",
+    )
+    group.add_argument(
+        "--ar_full_tokens",
+        type=int,
+        default=None,
+        help="AR: run the no-cache loop for this many tokens only; the remaining forwards are "
+        "interpolated from --ar_full_samples timed prefix lengths (labelled). Default: all tokens.",
+    )
     group.add_argument("--ar_full_samples", type=int, default=3, help="Prefix lengths timed for that interpolation.")
-    group.add_argument("--pixart_layers", type=int, default=None,
-                       help="PixArt: build this many of the 28 blocks and add the others as copies of one timed "
-                            "block (labelled). Default: all 28.")
-    group.add_argument("--peak_max_size", type=int, default=None,
-                       help="Efficiency: largest side of the square matmuls (default 4096 on CPU, 8192 on GPU).")
+    group.add_argument(
+        "--pixart_layers",
+        type=int,
+        default=None,
+        help="PixArt: build this many of the 28 blocks and add the others as copies of one timed "
+        "block (labelled). Default: all 28.",
+    )
+    group.add_argument(
+        "--peak_max_size",
+        type=int,
+        default=None,
+        help="Efficiency: largest side of the square matmuls (default 4096 on CPU, 8192 on GPU).",
+    )
     group.add_argument("--peak_repeats", type=int, default=3, help="Efficiency: timed matmuls per layout.")
 
     group = parser.add_argument_group("training")
-    group.add_argument("--train_presets", nargs="+", choices=["tiny", "instella-t2i"], default=None,
-                       help="Configs of the training section (default: tiny and --preset).")
-    group.add_argument("--train_skip", nargs="+", default=[],
-                       help='Skip training tasks matching these patterns, e.g. "instella-t2i/tokenizer-*" (tasks: '
-                            "<preset>/dit, /ar, /tokenizer-stage1, /tokenizer-stage2, /tokenizer-stage3).")
-    group.add_argument("--train_batch_size", nargs="+", default=None, metavar="KEY=N",
-                       help="Batch per training task: tiny=8, instella-t2i.dit=4, instella-t2i.tokenizer=1 ... "
-                            "(default: 8 at tiny; paper: 1 on CPU, 256/256/8 for dit/ar/tokenizer on GPU).")
-    group.add_argument("--train_precision", choices=["auto", "mixed", "pure"], default="auto",
-                       help="mixed: float32 weights + autocast to --dtype (the training scripts); pure: weights, "
-                            "gradients and AdamW states in --dtype; auto: mixed when it fits in memory.")
-    group.add_argument("--train_decode_size", type=int, default=None,
-                       help="Cap on the decode size of tokenizer stages 2 and 3: each preset decodes at its largest "
-                            "size up to the cap (default: no cap, the largest).")
-    group.add_argument("--train_dtype", choices=["bfloat16", "float16", "float32"], default=None,
-                       help="Training dtype (default: --dtype). CPUs without bf16 matrix instructions run bf16 "
-                            "backward passes tens of times slower than float32: use float32 there.")
-    group.add_argument("--train_blocks", type=int, default=None,
-                       help="Generators keep this many blocks and their step time is scaled to the full depth "
-                            "(labelled); keeps paper-size training within a small machine's memory and time.")
+    group.add_argument(
+        "--train_presets",
+        nargs="+",
+        choices=["tiny", "instella-t2i"],
+        default=None,
+        help="Configs of the training section (default: tiny and --preset).",
+    )
+    group.add_argument(
+        "--train_skip",
+        nargs="+",
+        default=[],
+        help='Skip training tasks matching these patterns, e.g. "instella-t2i/tokenizer-*" (tasks: '
+        "<preset>/dit, /ar, /dit-lora, /ar-lora, /tokenizer-stage1, /tokenizer-stage2, "
+        "/tokenizer-stage3).",
+    )
+    group.add_argument(
+        "--train_batch_size",
+        nargs="+",
+        default=None,
+        metavar="KEY=N",
+        help="Batch per training task: tiny=8, instella-t2i.dit=4, instella-t2i.tokenizer=1 ... "
+        "(default: 8 at tiny; paper: 1 on CPU, 256/256/8 for dit/ar/tokenizer on GPU).",
+    )
+    group.add_argument(
+        "--train_precision",
+        choices=["auto", "mixed", "pure"],
+        default="auto",
+        help="mixed: float32 weights + autocast to --dtype (the training scripts); pure: weights, "
+        "gradients and AdamW states in --dtype; auto: mixed when it fits in memory.",
+    )
+    group.add_argument(
+        "--train_decode_size",
+        type=int,
+        default=None,
+        help="Cap on the decode size of tokenizer stages 2 and 3: each preset decodes at its largest "
+        "size up to the cap (default: no cap, the largest).",
+    )
+    group.add_argument(
+        "--train_dtype",
+        choices=["bfloat16", "float16", "float32"],
+        default=None,
+        help="Training dtype (default: --dtype). CPUs without bf16 matrix instructions run bf16 "
+        "backward passes tens of times slower than float32: use float32 there.",
+    )
+    group.add_argument(
+        "--train_blocks",
+        type=int,
+        default=None,
+        help="Generators keep this many blocks and their step time is scaled to the full depth "
+        "(labelled); keeps paper-size training within a small machine's memory and time.",
+    )
+    group.add_argument(
+        "--train_lora_rank",
+        type=int,
+        default=16,
+        help="Rank (and alpha) of the LoRA adapter of the dit-lora / ar-lora tasks.",
+    )
 
     group = parser.add_argument_group("process")
-    group.add_argument("--in_process", action="store_true",
-                       help="Run every section in this process (faster start-up, for smoke tests; peak memory is "
-                            "then reset per measurement but not isolated per section).")
+    group.add_argument(
+        "--in_process",
+        action="store_true",
+        help="Run every section in this process (faster start-up, for smoke tests; peak memory is "
+        "then reset per measurement but not isolated per section).",
+    )
     group.add_argument("--task_timeout_s", type=float, default=None, help="Kill a section's process after this long.")
     parser.add_argument("--_task", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--_task_output", default=None, help=argparse.SUPPRESS)
@@ -122,7 +210,13 @@ def parse_args(argv=None) -> argparse.Namespace:
             parser.error(f"--{name} must be >= 1")
     if args.warmup < 0:
         parser.error("--warmup must be >= 0")
-    for name in ("ar_full_tokens", "pixart_layers", "train_blocks", "train_decode_size"):
+    if args.attention_backend is not None:
+        from diffusers.models.attention_dispatch import AttentionBackendName
+
+        names = sorted(name.value for name in AttentionBackendName)
+        if args.attention_backend not in names:
+            parser.error(f"--attention_backend must be one of {', '.join(names)}; got {args.attention_backend!r}")
+    for name in ("ar_full_tokens", "pixart_layers", "train_blocks", "train_decode_size", "train_lora_rank"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1")
     if args.train_presets is None:
@@ -200,18 +294,42 @@ def run_task_in_subprocess(task: str, argv: list, log_dir: Path, timeout: float 
             return json.loads(output.read_text())
     tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
     if process.returncode < 0:
-        reason = f"error: killed by signal {-process.returncode}" + (" (out of memory?)" if process.returncode == -9
-                                                                      else "")  # fmt: skip
+        reason = f"error: killed by signal {-process.returncode}" + (
+            " (out of memory?)" if process.returncode == -9 else ""
+        )
     else:
         reason = f"error: exit status {process.returncode}: {' / '.join(tail)}"
     return {"status": "error", "reason": reason, "measurements": {}}
 
 
 def settings_of(args: argparse.Namespace) -> dict:
-    keys = ("preset", "device", "dtype", "batch_size", "steps", "text_len", "repeats", "warmup", "time_budget_s",
-            "per_step_only", "ar_full_tokens", "ar_full_samples", "pixart_layers", "train_presets", "train_skip",
-            "train_batch_size", "train_precision", "train_decode_size", "train_dtype", "train_blocks", "seed",
-            "in_process")  # fmt: skip
+    keys = (
+        "preset",
+        "device",
+        "dtype",
+        "batch_size",
+        "steps",
+        "text_len",
+        "repeats",
+        "warmup",
+        "time_budget_s",
+        "per_step_only",
+        "ar_full_tokens",
+        "ar_full_samples",
+        "pixart_layers",
+        "train_presets",
+        "train_skip",
+        "train_batch_size",
+        "train_precision",
+        "train_decode_size",
+        "train_dtype",
+        "train_blocks",
+        "train_lora_rank",
+        "seed",
+        "in_process",
+        "compile",
+        "attention_backend",
+    )
     settings = {k: getattr(args, k) for k in keys}
     settings["device_type"] = args.device.split(":")[0]
     return settings

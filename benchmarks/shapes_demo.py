@@ -54,10 +54,20 @@ def main(argv=None) -> dict:
             return pipe(prompts, generator=generators, output_type="pil", **kwargs).images
 
         seconds = time_call(run, args.repeats)
-        rows[kind] = {"images": len(prompts), "seconds": round(seconds, 3), "target_s": TARGET_S,
-                      "status": "pass" if seconds <= TARGET_S else "fail"}  # fmt: skip
-    result = {"date": time.strftime("%Y-%m-%d"), "machine": platform.node(), "cpu": describe_cpu(),
-              "torch": torch.__version__, "dtype": "float32", "results": rows}  # fmt: skip
+        rows[kind] = {
+            "images": len(prompts),
+            "seconds": round(seconds, 3),
+            "target_s": TARGET_S,
+            "status": "pass" if seconds <= TARGET_S else "fail",
+        }
+    result = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": platform.node(),
+        "cpu": describe_cpu(),
+        "torch": torch.__version__,
+        "dtype": "float32",
+        "results": rows,
+    }
     print(f"{result['cpu']}")
     for kind, row in rows.items():
         print(f"{kind}: {row['images']} images in {row['seconds']:.3f} s (target <= {TARGET_S} s): {row['status']}")

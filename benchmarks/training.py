@@ -3,9 +3,16 @@ clipping at 1.0, AdamW) of each generator and each tokenizer stage, at the tiny 
 gradient checkpointing.
 
 - `dit`, `ar`: precomputed latents (random bits) and precomputed per-layer text features (random, with left padding
-  of random length), the objectives of `diffusers_bit.training.objectives` (what `train_t2i.py` optimises).
-- `tokenizer-stage1/2/3`: the losses of `training_scripts/train_tokenizer.py` built from
-  `diffusers_bit.training.tokenizer_stages` (smooth L1 + LPIPS + code loss; stage 3 adds the DINO discriminator with
+  of random length), `diffusers_bit.training.objectives.generator_loss` and `optimizer_update`: the functions
+  `train_t2i.py`'s step calls.
+- `dit-lora`, `ar-lora`: the same step of `train_t2i.py --use_lora`: a LoRA adapter of rank `--train_lora_rank`
+  (alpha = rank) on the default target modules (attention and feed-forward linears of every block), added by
+  `diffusers_bit.training.lora.add_lora_adapter` (the base frozen in the training dtype, the adapter in float32 and
+  the only parameters AdamW sees). Its peak memory beside the full fine-tuning step's is the point of the task; the
+  report derives their ratio.
+- `tokenizer-stage1/2/3`: the step of `training_scripts/train_tokenizer.py`, through the same functions
+  (`diffusers_bit.training.tokenizer_objectives.tokenizer_loss` / `discriminator_loss` and
+  `diffusers_bit.training.loop.optimizer_update`; smooth L1 + LPIPS + code loss; stage 3 adds the DINO discriminator with
   its adaptive weight and the discriminator's own update), with randomly initialised LPIPS-VGG and ViT backbones of
   the real sizes (tiny ones for the tiny preset). The encoder sees the smallest supported size; stage 1 decodes at
   that size, stages 2 and 3 at the largest size up to `--train_decode_size` (default: the largest, their most
@@ -24,23 +31,27 @@ the batch and retries.
 
 import argparse
 import contextlib
+from types import SimpleNamespace
 from typing import Callable, Optional
 
 import numpy as np
 import torch
 
 from diffusers_bit import BernoulliScheduler, BinaryARTransformer, BinaryDiT, BinaryLatentTokenizer, load_preset_config
-from diffusers_bit.training import (
-    DinoDiscriminator,
-    adaptive_adversarial_weight,
-    autoregressive_loss,
-    diffusion_loss,
-    hinge_discriminator_loss,
-    hinge_generator_loss,
-    load_perceptual_model,
+from diffusers_bit.metrics import LPIPS
+from diffusers_bit.models.lora import DEFAULT_LORA_TARGET_MODULES, matched_lora_modules
+from diffusers_bit.training import DinoDiscriminator, generator_loss, load_perceptual_model
+from diffusers_bit.training.loop import optimizer_update
+from diffusers_bit.training.lora import DEFAULT_RANK as DEFAULT_LORA_RANK
+from diffusers_bit.training.lora import add_lora_adapter
+from diffusers_bit.training.tokenizer_objectives import (
+    TokenizerLossWeights,
+    discriminator_loss,
+    last_decoder_layer,
+    tokenizer_loss,
 )
-from diffusers_bit.training.perceptual import LPIPS
-from diffusers_bit.training.tokenizer_stages import STAGES, last_decoder_layer, reconstruction_losses
+from diffusers_bit.training.tokenizer_stages import STAGES
+from diffusers_bit.utils.dtypes import dtype_from_name as resolve_dtype
 
 from .common import (
     PAPER_PRESET,
@@ -50,12 +61,19 @@ from .common import (
     param_count,
     parse_batch_sizes,
     record,
-    resolve_dtype,
 )
 
 # DINO ViT-S/16 (`facebook/dino-vits16`), the stage-3 discriminator backbone, with random weights
-VIT_S16 = {"hidden_size": 384, "num_hidden_layers": 12, "num_attention_heads": 6, "intermediate_size": 1536,
-           "patch_size": 16, "image_size": 224, "layer_norm_eps": 1e-6, "qkv_bias": True}  # fmt: skip
+VIT_S16 = {
+    "hidden_size": 384,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 6,
+    "intermediate_size": 1536,
+    "patch_size": 16,
+    "image_size": 224,
+    "layer_norm_eps": 1e-6,
+    "qkv_bias": True,
+}
 LEARNING_RATE, MAX_GRAD_NORM, CODE_LOSS_WEIGHT, ADVERSARIAL_WEIGHT = 1e-4, 1.0, 0.1, 0.1
 
 
@@ -103,18 +121,12 @@ def _autocast(device: torch.device, dtype: torch.dtype):
     return contextlib.nullcontext()
 
 
-def _optimizer_step(loss: torch.Tensor, params: list, optimizer: torch.optim.Optimizer) -> None:
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-
-
 def _text_batch(model, batch: int, text_len: int, device, dtype, rng: np.random.Generator):
     """Random per-layer text features `(L, B, T, C)` and a left-padded mask with random prompt lengths."""
     cfg = model.config
-    feats = torch.randn(cfg.text_num_layers or cfg.num_layers, batch, text_len, cfg.text_embed_dim, device=device,
-                        dtype=dtype)  # fmt: skip
+    feats = torch.randn(
+        cfg.text_num_layers or cfg.num_layers, batch, text_len, cfg.text_embed_dim, device=device, dtype=dtype
+    )
     lengths = rng.integers(max(1, text_len // 4), text_len + 1, size=batch)
     mask = (torch.arange(text_len)[None, :] >= torch.as_tensor(text_len - lengths)[:, None]).long().to(device)
     return feats, mask
@@ -131,13 +143,30 @@ def generator_config(preset: str, model_name: str, blocks: Optional[int] = None)
     return cls, config, depth
 
 
-def generator_job(preset: str, model_name: str, device, dtype, precision: str, args) -> TrainingJob:
+def lora_settings(args) -> SimpleNamespace:
+    """The `train_t2i.py --use_lora` flags of the LoRA tasks: rank `--train_lora_rank`, alpha = rank, the default
+    target modules."""
+    rank = getattr(args, "train_lora_rank", None) or DEFAULT_LORA_RANK
+    return SimpleNamespace(
+        rank=rank, lora_alpha=float(rank), lora_dropout=0.0, lora_target_modules=list(DEFAULT_LORA_TARGET_MODULES)
+    )
+
+
+def generator_job(preset: str, model_name: str, device, dtype, precision: str, args, lora: bool = False) -> TrainingJob:
     """BinaryDiT (`dit`) or BinaryARTransformer (`ar`) on precomputed latents and text features (`--train_blocks`:
-    a model with fewer blocks)."""
+    a model with fewer blocks); with `lora`, only a LoRA adapter trains (see the module docstring)."""
     cls, config, _ = generator_config(preset, model_name, args.train_blocks)
     model = cls.from_config(config)
-    model = model.to(device, dtype if precision == "pure" else torch.float32).train()
-    params = list(model.parameters())
+    if lora:  # as train_t2i.py --use_lora: base frozen in the training dtype, adapter in float32 (`pure`: in dtype)
+        model = model.to(device)
+        params = add_lora_adapter(model, lora_settings(args), dtype)
+        if precision == "pure":
+            for param in params:
+                param.data = param.data.to(dtype)
+        model.train()
+    else:
+        model = model.to(device, dtype if precision == "pure" else torch.float32).train()
+        params = list(model.parameters())
     optimizer = torch.optim.AdamW(params, lr=LEARNING_RATE, weight_decay=1e-2)
     scheduler = BernoulliScheduler.from_config(load_preset_config(preset, "scheduler"))
     generator = torch.Generator(device=device).manual_seed(args.seed)
@@ -149,13 +178,18 @@ def generator_job(preset: str, model_name: str, device, dtype, precision: str, a
         feats, mask = _text_batch(model, batch, args.text_len, device, dtype, rng)  # text encoder output dtype
         return {"bits": bits, "feats": feats, "mask": mask}
 
-    def step(inputs: dict) -> None:
+    def step(inputs: dict) -> None:  # what train_t2i.py's step does, without accelerate
         with _autocast(device, dtype):
-            if model_name == "dit":
-                loss, _ = diffusion_loss(model, scheduler, inputs["bits"], inputs["feats"], inputs["mask"], generator)
-            else:
-                loss, _ = autoregressive_loss(model, inputs["bits"], inputs["feats"], inputs["mask"])
-        _optimizer_step(loss, params, optimizer)
+            loss, _ = generator_loss(
+                "diffusion" if model_name == "dit" else "ar",
+                model,
+                scheduler,
+                inputs["bits"],
+                inputs["feats"],
+                inputs["mask"],
+                generator,
+            )
+        optimizer_update(loss, params, optimizer, max_grad_norm=MAX_GRAD_NORM)
 
     return TrainingJob(model, params, make_inputs, step)
 
@@ -216,45 +250,69 @@ def tokenizer_job(preset: str, stage: int, device, dtype, precision: str, args) 
         target = pixels if decode == resolution else torch.rand(batch, 3, decode, decode, device=device) * 2 - 1
         return {"pixels": pixels, "target": target.float()}
 
-    def step(inputs: dict) -> None:
+    weights = TokenizerLossWeights(
+        perceptual_size=global_size,
+        perceptual_crop=crop,
+        code_loss_weight=CODE_LOSS_WEIGHT,
+        adversarial_weight=ADVERSARIAL_WEIGHT,
+    )
+    last_layer = last_decoder_layer(tokenizer)
+
+    def step(inputs: dict) -> None:  # what train_tokenizer.py's step does, without accelerate
         target = inputs["target"]
         with _autocast(device, dtype):
-            recon, _, code_loss = tokenizer(inputs["pixels"], height=decode, width=decode, sample=True,
-                                            temperature=settings.temperature, generator=generator,
-                                            return_dict=False)  # fmt: skip
-            rec_loss, _ = reconstruction_losses(recon.float(), target, lpips, 1.0, 1.0, 1.0, global_size, crop, rng)
-            loss = rec_loss + CODE_LOSS_WEIGHT * code_loss.float()
-            if disc is not None:
-                disc.heads.requires_grad_(False)
-                disc.eval()
-                g_adv = hinge_generator_loss(disc(recon))
-                disc.train()
-                disc.heads.requires_grad_(True)
-                adaptive = adaptive_adversarial_weight(rec_loss, g_adv, last_decoder_layer(tokenizer))
-                loss = loss + ADVERSARIAL_WEIGHT * adaptive * g_adv
-        _optimizer_step(loss, params, optimizer)
+            loss, _, recon = tokenizer_loss(
+                tokenizer,
+                inputs["pixels"],
+                target,
+                decode,
+                settings.temperature,
+                generator,
+                lpips,
+                rng,
+                weights,
+                disc,
+                last_layer,
+            )
+        optimizer_update(loss, params, optimizer, max_grad_norm=MAX_GRAD_NORM)
         if disc is not None:
             with _autocast(device, dtype):
-                logits = disc(torch.cat([target.to(recon.dtype), recon.detach()]))
-            real, fake = logits.float().chunk(2)
-            _optimizer_step(hinge_discriminator_loss(real, fake), d_params, d_optimizer)
+                d_loss, _ = discriminator_loss(disc, target, recon)
+            optimizer_update(d_loss, d_params, d_optimizer, max_grad_norm=MAX_GRAD_NORM)
 
-    return TrainingJob(tokenizer, params, make_inputs, step, frozen_encoder=not settings.train_encoder,
-                       decode_size=decode)
+    return TrainingJob(
+        tokenizer, params, make_inputs, step, frozen_encoder=not settings.train_encoder, decode_size=decode
+    )
+
+
+def generator_name(model: str) -> Optional[str]:
+    """`dit` / `ar` for a generator task (`dit`, `ar`, `dit-lora`, `ar-lora`), else `None`."""
+    name = model.removesuffix("-lora")
+    return name if name in ("dit", "ar") else None
 
 
 def _build_job(preset: str, model: str, device, dtype, precision: str, args) -> TrainingJob:
-    if model in ("dit", "ar"):
-        return generator_job(preset, model, device, dtype, precision, args)
+    if generator_name(model):
+        return generator_job(preset, generator_name(model), device, dtype, precision, args, model.endswith("-lora"))
     return tokenizer_job(preset, int(model[-1]), device, dtype, precision, args)
 
 
-def _param_counts(preset: str, model: str, blocks: Optional[int] = None) -> tuple[int, int]:
+def _param_counts(
+    preset: str, model: str, blocks: Optional[int] = None, lora_rank: int = DEFAULT_LORA_RANK
+) -> tuple[int, int]:
     """`(trained, frozen)` parameter counts of a task, from models built on the meta device (no memory)."""
     with torch.device("meta"):
-        if model in ("dit", "ar"):
-            cls, config, _ = generator_config(preset, model, blocks)
-            return param_count(cls.from_config(config)), 0
+        if generator_name(model):
+            cls, config, _ = generator_config(preset, generator_name(model), blocks)
+            generator = cls.from_config(config)
+            if not model.endswith("-lora"):
+                return param_count(generator), 0
+            modules = dict(generator.named_modules())
+            adapter = sum(
+                lora_rank * (modules[name].in_features + modules[name].out_features)
+                for name in matched_lora_modules(generator, DEFAULT_LORA_TARGET_MODULES)
+            )
+            return adapter, param_count(generator)
         tokenizer = BinaryLatentTokenizer.from_config(load_preset_config(preset, "image_tokenizer"))
         stage = STAGES[int(model[-1])]
         trained = param_count(tokenizer) - (0 if stage.train_encoder else param_count(tokenizer.encoder))
@@ -267,7 +325,13 @@ def _param_counts(preset: str, model: str, blocks: Optional[int] = None) -> tupl
 
 
 def choose_precision(
-    requested: str, preset: str, model: str, device: torch.device, dtype: torch.dtype, blocks: Optional[int] = None
+    requested: str,
+    preset: str,
+    model: str,
+    device: torch.device,
+    dtype: torch.dtype,
+    blocks: Optional[int] = None,
+    lora_rank: int = DEFAULT_LORA_RANK,
 ) -> str:
     """`mixed`/`pure` as requested; `auto`: `mixed` if its weights, gradients and AdamW states (16 bytes per trained
     parameter, 4 per frozen one) plus a quarter for activations fit in the available memory. In float32 both are the
@@ -276,7 +340,7 @@ def choose_precision(
         return "mixed"
     if requested != "auto":
         return requested
-    trainable, frozen = _param_counts(preset, model, blocks)
+    trainable, frozen = _param_counts(preset, model, blocks, lora_rank)
     available = available_memory_gib(device)
     needed = 1.25 * (16 * trainable + 4 * frozen) / 2**30
     return "mixed" if available is None or needed < available else "pure"
@@ -303,12 +367,13 @@ def run_training_task(args: argparse.Namespace, task: str) -> dict:
     dtype_name = args.train_dtype or args.dtype
     device, dtype = torch.device(args.device), resolve_dtype(dtype_name)
     blocks, scale, extrapolated = None, 1.0, None
-    if model in ("dit", "ar"):
-        _, config, depth = generator_config(preset, model, args.train_blocks)
+    lora_rank = lora_settings(args).rank
+    if generator_name(model):
+        _, config, depth = generator_config(preset, generator_name(model), args.train_blocks)
         if config["num_layers"] < depth:
             blocks, scale = config["num_layers"], depth / config["num_layers"]
             extrapolated = f"{blocks} of {depth} blocks built; step time scaled by {depth}/{blocks}"
-    precision = choose_precision(args.train_precision, preset, model, device, dtype, blocks)
+    precision = choose_precision(args.train_precision, preset, model, device, dtype, blocks, lora_rank)
     job = _build_job(preset, model, device, dtype, precision, args)
     batch = batch_size_for(preset, model, device.type, parse_batch_sizes(args.train_batch_size))
     out = {}
@@ -317,8 +382,13 @@ def run_training_task(args: argparse.Namespace, task: str) -> dict:
         while True:
             inputs = job.make_inputs(batch)
             try:
-                timing = measure(lambda: job.step(inputs), device, repeats=args.repeats, warmup=max(1, args.warmup),
-                                 budget_s=args.time_budget_s)  # fmt: skip
+                timing = measure(
+                    lambda: job.step(inputs),
+                    device,
+                    repeats=args.repeats,
+                    warmup=max(1, args.warmup),
+                    budget_s=args.time_budget_s,
+                )
                 break
             except (torch.OutOfMemoryError, RuntimeError) as error:
                 if device.type != "cuda" or batch == 1 or not _is_oom(error):
@@ -330,17 +400,25 @@ def run_training_task(args: argparse.Namespace, task: str) -> dict:
         name = "ckpt" if checkpointing else "no_ckpt"
         precision_text = "float32" if dtype == torch.float32 else f"{precision} precision ({dtype_name})"
         note = f"batch {batch}, {precision_text}, gradient checkpointing {'on' if checkpointing else 'off'}"
-        if model in ("dit", "ar"):
+        if generator_name(model):
             note += f", {args.text_len} text tokens"
+            if model.endswith("-lora"):
+                note += f", LoRA rank {lora_rank} on {', '.join(DEFAULT_LORA_TARGET_MODULES)} (base frozen)"
         elif STAGES[int(model[-1])].multi_resolution:
             note += f", decode at {job.decode_size} px"
         step_s = timing["seconds"] * scale
         out[f"training.{preset}.{model}.{name}.samples_per_s"] = record(
-            batch / step_s, "samples/s", f"{preset} {model} training step, "
-            f"{'with' if checkpointing else 'without'} gradient checkpointing", note, extrapolated=extrapolated,
-            timing=timing, batch_size=batch, precision=precision_text, step_s=step_s,
+            batch / step_s,
+            "samples/s",
+            f"{preset} {model} training step, {'with' if checkpointing else 'without'} gradient checkpointing",
+            note,
+            extrapolated=extrapolated,
+            timing=timing,
+            batch_size=batch,
+            precision=precision_text,
+            step_s=step_s,
             trained_params=sum(p.numel() for p in job.trainable),
-        )  # fmt: skip
+        )
         if blocks is not None:
             out[f"training.{preset}.{model}.{name}.samples_per_s"]["memory"] += f" of the {blocks}-block model"
     return out

@@ -17,13 +17,21 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks import common, inference, official, report, training  # noqa: E402
-from benchmarks.run_benchmarks import parse_args, plan_tasks, run_task  # noqa: E402
 from training_helpers import one_thread  # noqa: E402,F401 (autouse: tiny models run fastest on one thread)
 
+from benchmarks import common, inference, official, report, training  # noqa: E402
+from benchmarks.run_benchmarks import parse_args, plan_tasks, run_task  # noqa: E402
+
 SCRIPT = ROOT / "benchmarks" / "run_benchmarks.py"
-TARGET_NAMES = ["diffusion_step_vs_official", "ar_kv_cache_speedup", "diffusion_step_fraction_of_matmul_peak",
-                "full_image_vs_pixart", "gpu_diffusion_image", "gpu_ar_image", "gpu_dit_training"]  # fmt: skip
+TARGET_NAMES = [
+    "diffusion_step_vs_official",
+    "ar_kv_cache_speedup",
+    "diffusion_step_fraction_of_matmul_peak",
+    "full_image_vs_pixart",
+    "gpu_diffusion_image",
+    "gpu_ar_image",
+    "gpu_dit_training",
+]
 
 
 def run_suite(tmp_path, *extra, env_overrides=None):
@@ -31,10 +39,32 @@ def run_suite(tmp_path, *extra, env_overrides=None):
     env.update(env_overrides or {}, OMP_NUM_THREADS="1")
     out = tmp_path / "results"
     process = subprocess.run(
-        [sys.executable, str(SCRIPT), "--preset", "tiny", "--device", "cpu", "--dtype", "float32", "--repeats", "1",
-         "--steps", "2", "--peak_max_size", "256", "--peak_repeats", "1", "--output_dir", str(out), *extra],
-        capture_output=True, text=True, timeout=300, env=env,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--preset",
+            "tiny",
+            "--device",
+            "cpu",
+            "--dtype",
+            "float32",
+            "--repeats",
+            "1",
+            "--steps",
+            "2",
+            "--peak_max_size",
+            "256",
+            "--peak_repeats",
+            "1",
+            "--output_dir",
+            str(out),
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-3000:]
     return json.loads((out / "results.json").read_text()), (out / "results.md").read_text(), out
 
@@ -43,29 +73,55 @@ def test_one_command_runs_every_section_on_tiny(tmp_path):
     results, markdown, _ = run_suite(tmp_path, "--in_process")
     m = results["measurements"]
     expected = [
-        "efficiency.matmul_peak_flops", "efficiency.step_flops", "efficiency.step_flops_analytic", "efficiency.step_s",
-        "efficiency.achieved_flops", "efficiency.fraction_of_peak",
-        "diffusion.params", "diffusion.prepare_text_kv_s", "diffusion.step_s", "diffusion.step_text_reprojected_s",
-        "diffusion.image_s", "diffusion.full_image_64_s", "diffusion.full_image_128_s",
-        "pixart.params", "pixart.step_s", "pixart.image_s",
-        "ar.params", "ar.image_kv_cache_s", "ar.tokens_per_s_kv_cache", "ar.image_full_forward_s",
-        "ar.tokens_per_s_full_forward", "ar.full_image_128_s",
-        "tokenizer.params", "tokenizer.encode_64_s", "tokenizer.decode_64_s", "tokenizer.decode_96_s",
+        "efficiency.matmul_peak_flops",
+        "efficiency.step_flops",
+        "efficiency.step_flops_analytic",
+        "efficiency.step_s",
+        "efficiency.achieved_flops",
+        "efficiency.fraction_of_peak",
+        "diffusion.params",
+        "diffusion.prepare_text_kv_s",
+        "diffusion.step_s",
+        "diffusion.step_text_reprojected_s",
+        "diffusion.image_s",
+        "diffusion.full_image_64_s",
+        "diffusion.full_image_128_s",
+        "pixart.params",
+        "pixart.step_s",
+        "pixart.image_s",
+        "ar.params",
+        "ar.image_kv_cache_s",
+        "ar.tokens_per_s_kv_cache",
+        "ar.image_full_forward_s",
+        "ar.tokens_per_s_full_forward",
+        "ar.full_image_128_s",
+        "tokenizer.params",
+        "tokenizer.encode_64_s",
+        "tokenizer.decode_64_s",
+        "tokenizer.decode_96_s",
         "tokenizer.decode_128_s",
-    ] + [f"training.tiny.{model}.{ckpt}.samples_per_s" for model in common.TRAINING_MODELS
-         for ckpt in ("ckpt", "no_ckpt")]  # fmt: skip
+    ] + [
+        f"training.tiny.{model}.{ckpt}.samples_per_s"
+        for model in common.TRAINING_MODELS
+        for ckpt in ("ckpt", "no_ckpt")
+    ]
     for key in expected:
         assert m[key]["value"] > 0, key
         assert m[key]["label"] and m[key]["unit"], key
-    for key in ("diffusion.step_s", "ar.image_kv_cache_s", "tokenizer.decode_128_s",
-                "training.tiny.dit.ckpt.samples_per_s"):
+    for key in (
+        "diffusion.step_s",
+        "ar.image_kv_cache_s",
+        "tokenizer.decode_128_s",
+        "training.tiny.dit.ckpt.samples_per_s",
+    ):
         assert m[key]["peak_memory_gib"] > 0 and m[key]["memory"] == "peak RSS", key
     # nothing was extrapolated with the default settings; derived numbers add up
     assert not any(m[k].get("extrapolated") for k in expected if not k.startswith("pixart.image"))
     assert m["diffusion.params"]["value"] == 170000
     assert m["efficiency.step_flops"]["value"] == m["efficiency.step_flops_analytic"]["value"]
-    assert m["diffusion.full_image_128_s"]["value"] == pytest.approx(m["diffusion.image_s"]["value"]
-                                                                     + m["tokenizer.decode_128_s"]["value"])
+    assert m["diffusion.full_image_128_s"]["value"] == pytest.approx(
+        m["diffusion.image_s"]["value"] + m["tokenizer.decode_128_s"]["value"]
+    )
     assert m["pixart.image_s"]["value"] == pytest.approx(2 * m["pixart.step_s"]["value"])
 
     sections = results["sections"]
@@ -84,9 +140,20 @@ def test_one_command_runs_every_section_on_tiny(tmp_path):
     env, settings = results["environment"], results["settings"]
     assert env["date"] and env["cpu"] and env["torch"] == torch.__version__
     assert settings["preset"] == "tiny" and results["command"].startswith("python benchmarks/run_benchmarks.py")
-    for text in ("## Targets", "| machine |", "| commit |", "## Diffusion (BinaryDiT)", "## PixArt-alpha transformer",
-                 "## Autoregressive", "## Image tokenizer", "## Training", "## Efficiency", "## Sections",
-                 "not measured: no GPU", "decode 128 px"):  # fmt: skip
+    for text in (
+        "## Targets",
+        "| machine |",
+        "| commit |",
+        "## Diffusion (BinaryDiT)",
+        "## PixArt-alpha transformer",
+        "## Autoregressive",
+        "## Image tokenizer",
+        "## Training",
+        "## Efficiency",
+        "## Sections",
+        "not measured: no GPU",
+        "decode 128 px",
+    ):
         assert text in markdown, text
     for target in report.TARGETS:
         assert target.description in markdown
@@ -136,14 +203,31 @@ def test_extrapolated_numbers_are_labelled():
     assert out["pixart.params"]["value"] > 0
 
 
+def test_lora_training_task_trains_the_adapter_only_and_its_memory_ratio_is_derived():
+    args = tiny_args(train_batch_size=["tiny=2"], train_lora_rank=4)
+    full = training.run_training_task(args, "tiny/dit")
+    lora = training.run_training_task(args, "tiny/dit-lora")
+    row = lora["training.tiny.dit-lora.ckpt.samples_per_s"]
+    assert row["value"] > 0 and row["peak_memory_gib"] > 0 and "LoRA rank 4" in row["note"]
+    assert row["trained_params"] == 2 * 4 * (4 * (64 + 64) + (64 + 256) + (256 + 64))  # 2 blocks, attn + ff
+    assert full["training.tiny.dit.ckpt.samples_per_s"]["trained_params"] > 10 * row["trained_params"]
+    assert training._param_counts("tiny", "dit-lora", lora_rank=4) == (row["trained_params"], 170000)
+    derived = report.derive({**full, **lora}, {})
+    ratio = derived["training.tiny.dit-lora.ckpt.peak_memory_vs_full"]
+    full_peak = full["training.tiny.dit.ckpt.samples_per_s"]["peak_memory_gib"]
+    assert ratio["value"] == pytest.approx(row["peak_memory_gib"] / full_peak)
+    assert ratio["unit"] == "ratio" and "training.tiny.dit-lora.no_ckpt.peak_memory_vs_full" in derived
+
+
 def test_step_flops_counted_on_meta_match_the_analytic_count_at_paper_size():
     from diffusers_bit import load_preset_config
 
     for preset in ("tiny", "instella-t2i"):
         config = load_preset_config(preset, "transformer")
         for batch, text_len in ((1, 128), (2, 7)):
-            assert inference.count_step_flops(preset, batch, text_len) == inference.analytic_step_flops(config, batch,
-                                                                                                        text_len)
+            assert inference.count_step_flops(preset, batch, text_len) == inference.analytic_step_flops(
+                config, batch, text_len
+            )
     # the paper model's guided step: about 0.42 TFLOP with 128 text tokens
     assert 0.40e12 < inference.count_step_flops("instella-t2i", 1, 128) < 0.44e12
 
@@ -157,13 +241,19 @@ def rec(value, extrapolated=None):
 
 def paper_measurements(**changes):
     m = {
-        "official.ours_step_s": rec(1.0), "official.step_s": rec(1.3), "diffusion.image_s": rec(20.0),
-        "ar.image_kv_cache_s": rec(10.0), "ar.image_full_forward_s": rec(90.0, extrapolated="from 8 tokens"),
-        "efficiency.fraction_of_peak": rec(0.8), "pixart.image_s": rec(900.0),
-        "tokenizer.decode_512_s": rec(2.0), "tokenizer.decode_768_s": rec(4.0), "tokenizer.decode_1024_s": rec(5.0),
+        "official.ours_step_s": rec(1.0),
+        "official.step_s": rec(1.3),
+        "diffusion.image_s": rec(20.0),
+        "ar.image_kv_cache_s": rec(10.0),
+        "ar.image_full_forward_s": rec(90.0, extrapolated="from 8 tokens"),
+        "efficiency.fraction_of_peak": rec(0.8),
+        "pixart.image_s": rec(900.0),
+        "tokenizer.decode_512_s": rec(2.0),
+        "tokenizer.decode_768_s": rec(4.0),
+        "tokenizer.decode_1024_s": rec(5.0),
         "training.instella-t2i.dit.ckpt.samples_per_s": rec(250.0),
         "training.instella-t2i.dit.no_ckpt.samples_per_s": rec(320.0),
-    }  # fmt: skip
+    }
     for key, value in changes.items():
         key = key.replace("__", ".")
         if value is None:
@@ -178,8 +268,10 @@ def settings(**changes):
     return {**base, **changes}
 
 
-ALL_SECTIONS = {name: {"status": "ok", "reason": None} for name in
-                ("efficiency", "diffusion", "official", "pixart", "ar", "tokenizer", "training:instella-t2i/dit")}
+ALL_SECTIONS = {
+    name: {"status": "ok", "reason": None}
+    for name in ("efficiency", "diffusion", "official", "pixart", "ar", "tokenizer", "training:instella-t2i/dit")
+}
 
 
 def targets_of(measurements, run_settings, sections=ALL_SECTIONS):
@@ -210,10 +302,18 @@ def test_cpu_targets_pass_and_fail():
     for name in ("gpu_diffusion_image", "gpu_ar_image", "gpu_dit_training"):
         assert t[name]["status"] == "not measured" and t[name]["reason"] == "not measured: no GPU"
 
-    t = targets_of(paper_measurements(official__step_s=1.2, ar__image_full_forward_s=70.0,
-                                      efficiency__fraction_of_peak=0.7, pixart__image_s=400.0), settings())
-    for name in ("diffusion_step_vs_official", "ar_kv_cache_speedup", "diffusion_step_fraction_of_matmul_peak",
-                 "full_image_vs_pixart"):  # fmt: skip
+    t = targets_of(
+        paper_measurements(
+            official__step_s=1.2, ar__image_full_forward_s=70.0, efficiency__fraction_of_peak=0.7, pixart__image_s=400.0
+        ),
+        settings(),
+    )
+    for name in (
+        "diffusion_step_vs_official",
+        "ar_kv_cache_speedup",
+        "diffusion_step_fraction_of_matmul_peak",
+        "full_image_vs_pixart",
+    ):
         assert t[name]["status"] == "fail", name
     # exactly on the threshold passes
     t = targets_of(paper_measurements(official__step_s=1.25, ar__image_full_forward_s=80.0), settings())
@@ -238,16 +338,22 @@ def test_gpu_targets():
 
 
 def test_targets_not_measured_reasons():
-    sections = {**ALL_SECTIONS, "official": {"status": "not measured", "reason": official.NOT_MEASURED},
-                "pixart": {"status": "error", "reason": "error: boom"}}  # fmt: skip
+    sections = {
+        **ALL_SECTIONS,
+        "official": {"status": "not measured", "reason": official.NOT_MEASURED},
+        "pixart": {"status": "error", "reason": "error: boom"},
+    }
     m = paper_measurements(official__step_s=None, pixart__image_s=None)
     t = targets_of(m, settings(), sections)
     assert t["diffusion_step_vs_official"]["status"] == "not measured"
     assert t["diffusion_step_vs_official"]["reason"] == official.NOT_MEASURED
     assert t["full_image_vs_pixart"]["reason"] == "not measured: pixart failed"
 
-    t = targets_of(paper_measurements(ar__image_full_forward_s=None), settings(),
-                   {k: v for k, v in ALL_SECTIONS.items() if k != "ar"})
+    t = targets_of(
+        paper_measurements(ar__image_full_forward_s=None),
+        settings(),
+        {k: v for k, v in ALL_SECTIONS.items() if k != "ar"},
+    )
     assert t["ar_kv_cache_speedup"]["reason"] == "not measured: the ar section was not run (--only)"
 
     t = targets_of(paper_measurements(), settings(preset="tiny"))
@@ -267,13 +373,26 @@ def test_markdown_marks_extrapolated_numbers_and_statuses():
     m["ar.image_full_forward_s"]["label"] = "seconds per image | full forward"
     run = settings()
     results = {
-        "command": "python benchmarks/run_benchmarks.py", "settings": {**run, "device": "cpu", "text_len": 128,
-        "repeats": 1, "warmup": 1, "time_budget_s": 20.0}, "sections": ALL_SECTIONS, "measurements": m,
-        "environment": {"date": "2026-01-01 00:00 UTC", "commit": "abc", "cpu": "CPU", "cpu_flags": ["avx2"],
-                        "cpu_cores": 2, "torch_threads": 2, "ram_gib": 8, "gpu": None, "python": "3.11",
-                        "torch": "2", "diffusers": "0", "transformers": "5"},
+        "command": "python benchmarks/run_benchmarks.py",
+        "settings": {**run, "device": "cpu", "text_len": 128, "repeats": 1, "warmup": 1, "time_budget_s": 20.0},
+        "sections": ALL_SECTIONS,
+        "measurements": m,
+        "environment": {
+            "date": "2026-01-01 00:00 UTC",
+            "commit": "abc",
+            "cpu": "CPU",
+            "cpu_flags": ["avx2"],
+            "cpu_cores": 2,
+            "torch_threads": 2,
+            "ram_gib": 8,
+            "gpu": None,
+            "python": "3.11",
+            "torch": "2",
+            "diffusers": "0",
+            "transformers": "5",
+        },
         "targets": report.evaluate_targets(m, run, ALL_SECTIONS),
-    }  # fmt: skip
+    }
     text = report.render_markdown(results)
     assert "| 9x * | >= 8x | **pass** |" in text
     assert "**extrapolated**: from 8 tokens" in text
@@ -309,7 +428,12 @@ def test_measure_budget_and_peak_memory():
 
 def test_training_task_plan_and_batch_sizes():
     tasks, skipped = common.training_tasks(["tiny", "instella-t2i", "tiny"], ["instella-t2i/tokenizer-*"])
-    assert tasks == [f"tiny/{m}" for m in common.TRAINING_MODELS] + ["instella-t2i/dit", "instella-t2i/ar"]
+    assert tasks == [f"tiny/{m}" for m in common.TRAINING_MODELS] + [
+        "instella-t2i/dit",
+        "instella-t2i/ar",
+        "instella-t2i/dit-lora",
+        "instella-t2i/ar-lora",
+    ]
     assert skipped["instella-t2i/tokenizer-stage2"] == "not measured: skipped by --train_skip instella-t2i/tokenizer-*"
     sizes = common.parse_batch_sizes(["instella-t2i=4", "instella-t2i.tokenizer=2", "instella-t2i.tokenizer-stage3=1"])
     assert common.batch_size_for("instella-t2i", "dit", "cpu", sizes) == 4
@@ -324,8 +448,11 @@ def test_training_task_plan_and_batch_sizes():
 
     args = parse_args(["--preset", "tiny", "--only", "ar", "training", "--train_skip", "tiny/tokenizer-stage3"])
     tasks, skipped = plan_tasks(args)
-    assert tasks[0] == "ar" and tasks[-1] == "training:tiny/tokenizer-stage2" and list(skipped) == [
-        "training:tiny/tokenizer-stage3"]
+    assert (
+        tasks[0] == "ar"
+        and tasks[-1] == "training:tiny/tokenizer-stage2"
+        and list(skipped) == ["training:tiny/tokenizer-stage3"]
+    )
 
 
 def test_train_decode_size_caps_each_presets_decode_size():
@@ -401,3 +528,62 @@ def test_official_loader_patches_flash_attention_in_a_checkout(tmp_path, monkeyp
         sys.modules.update(saved)
         if str(tmp_path) in sys.path:
             sys.path.remove(str(tmp_path))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Speed switches: --attention_backend and --compile
+# ----------------------------------------------------------------------------------------------------------------------
+def test_speed_switches_are_parsed_and_kept_in_the_settings(capsys):
+    from benchmarks.run_benchmarks import settings_of
+
+    args = tiny_args()
+    assert args.compile is False and args.attention_backend is None
+    args = parse_args(["--preset", "tiny", "--compile", "--attention_backend", "_native_math"])
+    assert args.compile is True and args.attention_backend == "_native_math"
+    settings = settings_of(args)
+    assert settings["compile"] is True and settings["attention_backend"] == "_native_math"
+    with pytest.raises(SystemExit):
+        parse_args(["--attention_backend", "no_such_backend"])
+    assert "--attention_backend must be one of" in capsys.readouterr().err
+
+
+def test_speed_switches_reach_our_models_before_timing_and_every_record(monkeypatch):
+    from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+
+    from diffusers_bit import BinaryARTransformer, BinaryDiT, BinaryLatentTokenizer
+
+    monkeypatch.setattr(_AttentionBackendRegistry, "_active_backend", _AttentionBackendRegistry._active_backend)
+    events = []
+    for cls in (BinaryDiT, BinaryARTransformer, BinaryLatentTokenizer):
+        set_backend = cls.set_attention_backend
+
+        def spy_backend(self, name, set_backend=set_backend):
+            events.append(("backend", type(self).__name__, name))
+            set_backend(self, name)
+
+        monkeypatch.setattr(cls, "set_attention_backend", spy_backend)
+        # inductor is exercised in test_attention_dispatch; here only the call and its order matter
+        compile_spy = lambda self: events.append(("compile", type(self).__name__))  # noqa: E731
+        monkeypatch.setattr(cls, "compile_repeated_blocks", compile_spy)
+    measure = inference.measure
+    monkeypatch.setattr(inference, "measure", lambda *a, **k: events.append(("measure",)) or measure(*a, **k))
+
+    args = tiny_args(compile=True, attention_backend="_native_math", per_step_only=True, ar_full_tokens=2)
+    for run, model in (
+        (inference.run_diffusion, "BinaryDiT"),
+        (inference.run_ar, "BinaryARTransformer"),
+        (inference.run_tokenizer, "BinaryLatentTokenizer"),
+    ):
+        events.clear()
+        out = run(args)
+        assert events[:3] == [("backend", model, "_native_math"), ("compile", model), ("measure",)], events
+        for key, rec in out.items():
+            assert rec["compiled"] is True and rec["attention_backend"] == "_native_math", key
+            if rec["unit"] != "params":
+                assert rec["note"].endswith("attention backend _native_math; regional torch.compile"), key
+
+    out = inference.run_pixart(tiny_args(compile=True, attention_backend="_native_math", pixart_layers=1))
+    assert all(rec["compiled"] is False and rec["attention_backend"] is None for rec in out.values())
+    out = inference.run_diffusion(tiny_args(per_step_only=True))  # no switch: tagged as such, notes unchanged
+    assert all(rec["compiled"] is False and rec["attention_backend"] is None for rec in out.values())
+    assert "regional" not in out["diffusion.step_s"]["note"]

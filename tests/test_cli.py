@@ -6,11 +6,11 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
+from utils import PARITY
 
 from diffusers_bit import BinaryDiT, build_pipeline
 from diffusers_bit.cli import main
 from diffusers_bit.codec import HEADER_SIZE, decode_bits_file
-from utils import PARITY
 
 
 def test_demo_writes_image_and_bits_and_never_overwrites(tmp_path):
@@ -23,8 +23,22 @@ def test_demo_writes_image_and_bits_and_never_overwrites(tmp_path):
     with pytest.raises(SystemExit, match="already exists"):
         main(["demo", "--preset", "tiny", "--prompt", "a cat", "--output", str(out)])
     assert out.read_bytes() == before
-    main(["demo", "--preset", "tiny", "--prompt", "a cat", "--output", str(out), "--overwrite", "--kind", "ar",
-          "--size", "64"])  # fmt: skip
+    main(
+        [
+            "demo",
+            "--preset",
+            "tiny",
+            "--prompt",
+            "a cat",
+            "--output",
+            str(out),
+            "--overwrite",
+            "--kind",
+            "ar",
+            "--size",
+            "64",
+        ]
+    )
     assert Image.open(out).size == (64, 64)
 
 
@@ -47,16 +61,44 @@ def test_demo_grid_of_several_prompts_and_bits_per_image(tmp_path):
 
 def test_demo_is_reproducible(tmp_path):
     for name in ("a", "b"):
-        main(["demo", "--preset", "tiny", "--prompt", "a cat", "--output", str(tmp_path / f"{name}.png"), "--steps", "2",
-              "--seed", "3"])  # fmt: skip
+        main(
+            [
+                "demo",
+                "--preset",
+                "tiny",
+                "--prompt",
+                "a cat",
+                "--output",
+                str(tmp_path / f"{name}.png"),
+                "--steps",
+                "2",
+                "--seed",
+                "3",
+            ]
+        )
     assert (tmp_path / "a.bits").read_bytes() == (tmp_path / "b.bits").read_bytes()
 
 
 def test_generate_from_a_saved_pipeline(tmp_path):
     build_pipeline("tiny", "diffusion", seed=0).save_pretrained(tmp_path / "pipe")
     out = tmp_path / "img.png"
-    main(["generate", "--model", str(tmp_path / "pipe"), "--prompt", "a red cat", "--output", str(out),
-          "--steps", "2", "--algorithm", "posterior", "--size", "96"])  # fmt: skip
+    main(
+        [
+            "generate",
+            "--model",
+            str(tmp_path / "pipe"),
+            "--prompt",
+            "a red cat",
+            "--output",
+            str(out),
+            "--steps",
+            "2",
+            "--algorithm",
+            "posterior",
+            "--size",
+            "96",
+        ]
+    )
     assert Image.open(out).size == (96, 96)
     with pytest.raises(SystemExit, match="size"):
         main(["generate", "--model", str(tmp_path / "pipe"), "--output", str(tmp_path / "x.png"), "--size", "80"])
@@ -68,10 +110,19 @@ def test_convert_release_folder(tmp_path):
     shutil.copy(PARITY / "bae" / "model.safetensors", release / "bae" / "model.safetensors")
     shutil.copy(PARITY / "diffusion.pt", release / "diffusion.pt")
     overrides = tmp_path / "overrides.json"
-    overrides.write_text('{"image_tokenizer": {"encoder_downsample_blocks": [1], "decoder_upsample_blocks": [1], '
-                         '"axes_dims_rope": [4, 14, 14], "sample_sizes": [512]}}')  # fmt: skip
-    args = ["convert", "--checkpoint_dir", str(release), "--output_dir", str(tmp_path / "out"),
-            "--config_overrides", str(overrides)]  # fmt: skip
+    overrides.write_text(
+        '{"image_tokenizer": {"encoder_downsample_blocks": [1], "decoder_upsample_blocks": [1], '
+        '"axes_dims_rope": [4, 14, 14], "sample_sizes": [512]}}'
+    )
+    args = [
+        "convert",
+        "--checkpoint_dir",
+        str(release),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--config_overrides",
+        str(overrides),
+    ]
     main(args)
     weights = tmp_path / "out" / "transformer" / "diffusion_pytorch_model.safetensors"
     assert BinaryDiT.from_pretrained(tmp_path / "out" / "transformer").config.num_tokens == 8

@@ -73,7 +73,9 @@ def test_save_and_load_refuse_another_tokenizer(tmp_path):
     save_bits(tmp_path / "a.bits", bits[0], tok)
     save_bits(tmp_path / "b.bits", bits[1], tok)
     assert torch.equal(load_bits([tmp_path / "a.bits", tmp_path / "b.bits"], tok), bits)
-    with pytest.raises(ValueError, match=r"made by another tokenizer \(fingerprint [0-9a-f]{32}; this one is [0-9a-f]{32}"):
+    with pytest.raises(
+        ValueError, match=r"made by another tokenizer \(fingerprint [0-9a-f]{32}; this one is [0-9a-f]{32}"
+    ):
         load_bits(tmp_path / "a.bits", other)
     with pytest.raises(FileExistsError):
         save_bits(tmp_path / "a.bits", bits[0], tok)
@@ -88,8 +90,18 @@ def test_cli_encode_decode_round_trip(saved_tokenizer, tmp_path, capsys):
     main(["encode", *images, "--image_tokenizer", str(saved_tokenizer), "-o", str(tmp_path / "bits")])
     files = sorted((tmp_path / "bits").glob("*.bits"))
     assert [f.name for f in files] == ["blue.bits", "red.bits"] and all(f.stat().st_size == 57 for f in files)
-    main(["decode", *map(str, files), "--image_tokenizer", str(saved_tokenizer), "-o", str(tmp_path / "png"),
-          "--size", "96"])  # fmt: skip
+    main(
+        [
+            "decode",
+            *map(str, files),
+            "--image_tokenizer",
+            str(saved_tokenizer),
+            "-o",
+            str(tmp_path / "png"),
+            "--size",
+            "96",
+        ]
+    )
     assert Image.open(tmp_path / "png" / "red.png").size == (96, 96)
     # the bits decode the same through the API
     tok = BinaryLatentTokenizer.from_pretrained(saved_tokenizer)
@@ -103,7 +115,16 @@ def test_cli_encode_decode_round_trip(saved_tokenizer, tmp_path, capsys):
     assert not (tmp_path / "x").exists() or not any((tmp_path / "x").iterdir())
     (tmp_path / "junk.bits").write_bytes(b"hello")
     with pytest.raises(SystemExit, match="not a diffusers-bit .bits file"):
-        main(["decode", str(tmp_path / "junk.bits"), "--image_tokenizer", str(saved_tokenizer), "-o", str(tmp_path / "y")])
+        main(
+            [
+                "decode",
+                str(tmp_path / "junk.bits"),
+                "--image_tokenizer",
+                str(saved_tokenizer),
+                "-o",
+                str(tmp_path / "y"),
+            ]
+        )
 
 
 def test_rate_distortion_report_compares_with_jpeg_and_webp(tmp_path, capsys):
@@ -123,6 +144,16 @@ def test_rate_distortion_report_compares_with_jpeg_and_webp(tmp_path, capsys):
         Image.fromarray(array).save(tmp_path / f"{name}.png")
     folder = tmp_path / "tok"
     _tokenizer().save_pretrained(folder)
-    main(["eval-reconstruction", "--image_tokenizer", str(folder), "--shapes_dir", str(tmp_path), "--codec",
-          "--resolutions", "64"])  # fmt: skip
+    main(
+        [
+            "eval-reconstruction",
+            "--image_tokenizer",
+            str(folder),
+            "--shapes_dir",
+            str(tmp_path),
+            "--codec",
+            "--resolutions",
+            "64",
+        ]
+    )
     assert "Rate-distortion at 64 px (2 images)" in capsys.readouterr().out

@@ -7,9 +7,9 @@ import shutil
 import pytest
 import torch
 from safetensors.torch import load_file
+from utils import PARITY
 
-from diffusers_bit import BernoulliScheduler, BinaryARTransformer, BinaryDiT, BinaryLatentTokenizer
-from diffusers_bit import conversion
+from diffusers_bit import BernoulliScheduler, BinaryARTransformer, BinaryDiT, BinaryLatentTokenizer, conversion
 from diffusers_bit.conversion import (
     check_state_dict,
     convert_checkpoint_dir,
@@ -19,7 +19,6 @@ from diffusers_bit.conversion import (
     load_official_state_dict,
 )
 from diffusers_bit.presets import load_preset_config
-from utils import PARITY
 
 LAYOUTS = PARITY / "official_paper_layouts.json"
 CLASSES = {"image_tokenizer": BinaryLatentTokenizer, "transformer": BinaryDiT, "ar_transformer": BinaryARTransformer}
@@ -47,7 +46,9 @@ def _diffusion_module() -> dict:
 
 
 def _snapshot(folder):
-    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()}
+    return {
+        str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()
+    }
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -108,54 +109,107 @@ def _reshaped(state_dict, drop_blocks_from, prefixes, shapes):
 
 def test_infer_config_reads_sizes_from_shapes():
     # DiT: 4 blocks, head dim 64 (32 heads), MLP ratio 2, 64 tokens, 1024-wide text, 32 bits per token
-    dit = _reshaped(_paper_state_dict("transformer"), 4, ("transformer_blocks",), {
-        r"attn\.norm_[qk]\.weight$": (64,), r"ff\.net\.0\.proj\.weight$": (4096, 2048),
-        r"ff\.net\.0\.proj\.bias$": (4096,), r"ff\.net\.2\.weight$": (2048, 4096), r"pos_emb$": (1, 64, 2048),
-        r"proj_cond\.weight$": (2048, 1024), r"^x_embedder\.weight$": (2048, 32), r"^proj_out\.weight$": (32, 2048),
-        r"^proj_out\.bias$": (32,),
-    })  # fmt: skip
+    dit = _reshaped(
+        _paper_state_dict("transformer"),
+        4,
+        ("transformer_blocks",),
+        {
+            r"attn\.norm_[qk]\.weight$": (64,),
+            r"ff\.net\.0\.proj\.weight$": (4096, 2048),
+            r"ff\.net\.0\.proj\.bias$": (4096,),
+            r"ff\.net\.2\.weight$": (2048, 4096),
+            r"pos_emb$": (1, 64, 2048),
+            r"proj_cond\.weight$": (2048, 1024),
+            r"^x_embedder\.weight$": (2048, 32),
+            r"^proj_out\.weight$": (32, 2048),
+            r"^proj_out\.bias$": (32,),
+        },
+    )
     model = convert_component(dit, "transformer")
-    expected = {"num_layers": 4, "text_num_layers": 4, "attention_head_dim": 64, "num_attention_heads": 32,
-                "mlp_ratio": 2.0, "num_tokens": 64, "text_embed_dim": 1024, "in_channels": 32}  # fmt: skip
+    expected = {
+        "num_layers": 4,
+        "text_num_layers": 4,
+        "attention_head_dim": 64,
+        "num_attention_heads": 32,
+        "mlp_ratio": 2.0,
+        "num_tokens": 64,
+        "text_embed_dim": 1024,
+        "in_channels": 32,
+    }
     assert {k: model.config[k] for k in expected} == expected
     # AR: the position table has one more row (the split token)
     ar = _reshaped(_paper_state_dict("ar_transformer"), 16, (), {r"pos_emb$": (1, 65, 2048)})
     assert convert_component(ar, "ar_transformer").config.num_tokens == 64
     # tokenizer: 6 encoder blocks, MLP ratio 2 in both towers, 64 latent tokens of 32 bits
-    tok = _reshaped(_paper_state_dict("image_tokenizer"), 6, ("encoder.transformer_blocks",), {
-        r"^encoder.*mlp\.(gate|up)_proj\.weight$": (1536, 768), r"^encoder.*mlp\.down_proj\.weight$": (768, 1536),
-        r"^decoder.*mlp\.(gate|up)_proj\.weight$": (2048, 1024), r"^decoder.*mlp\.down_proj\.weight$": (1024, 2048),
-        r"^encoder\.latent_tokens$": (1, 64, 768), r"^quantizer\.proj\.0\.weight$": (32, 768),
-        r"^quantizer\.proj\.0\.bias$": (32,), r"^quantizer\.embed$": (32, 768),
-    })  # fmt: skip
+    tok = _reshaped(
+        _paper_state_dict("image_tokenizer"),
+        6,
+        ("encoder.transformer_blocks",),
+        {
+            r"^encoder.*mlp\.(gate|up)_proj\.weight$": (1536, 768),
+            r"^encoder.*mlp\.down_proj\.weight$": (768, 1536),
+            r"^decoder.*mlp\.(gate|up)_proj\.weight$": (2048, 1024),
+            r"^decoder.*mlp\.down_proj\.weight$": (1024, 2048),
+            r"^encoder\.latent_tokens$": (1, 64, 768),
+            r"^quantizer\.proj\.0\.weight$": (32, 768),
+            r"^quantizer\.proj\.0\.bias$": (32,),
+            r"^quantizer\.embed$": (32, 768),
+        },
+    )
     with pytest.raises(ValueError, match="encoder_downsample_blocks"):  # block 7 no longer exists
         convert_component(tok, "image_tokenizer")
     model = convert_component(tok, "image_tokenizer", config_overrides={"encoder_downsample_blocks": [3]})
-    expected = {"encoder_layers": 6, "decoder_layers": 16, "mlp_ratio": 2.0, "num_latent_tokens": 64,
-                "bits_per_token": 32, "encoder_downsample_blocks": [3]}  # fmt: skip
+    expected = {
+        "encoder_layers": 6,
+        "decoder_layers": 16,
+        "mlp_ratio": 2.0,
+        "num_latent_tokens": 64,
+        "bits_per_token": 32,
+        "encoder_downsample_blocks": [3],
+    }
     assert {k: model.config[k] for k in expected} == expected
 
 
 def test_key_renames():
     tok = convert_state_dict(_paper_state_dict("image_tokenizer"), "image_tokenizer")
     for key in (
-        "encoder.patch_embed.weight", "encoder.blocks.0.ff.gate_proj.weight", "encoder.blocks.11.attn.to_q.weight",
-        "encoder.blocks.3.attn.to_out.weight", "encoder.blocks.0.norm1.weight", "encoder.blocks.0.norm2.weight",
-        "encoder.downsamplers.0.conv.weight", "decoder.upsamplers.0.conv.bias", "decoder.norm_in.weight",
-        "decoder.proj_in.bias", "decoder.mask_token", "pixel_head.proj.weight", "quantizer.proj.weight",
-        "quantizer.embed", "decoder.blocks.15.ff.down_proj.weight",
-    ):  # fmt: skip
+        "encoder.patch_embed.weight",
+        "encoder.blocks.0.ff.gate_proj.weight",
+        "encoder.blocks.11.attn.to_q.weight",
+        "encoder.blocks.3.attn.to_out.weight",
+        "encoder.blocks.0.norm1.weight",
+        "encoder.blocks.0.norm2.weight",
+        "encoder.downsamplers.0.conv.weight",
+        "decoder.upsamplers.0.conv.bias",
+        "decoder.norm_in.weight",
+        "decoder.proj_in.bias",
+        "decoder.mask_token",
+        "pixel_head.proj.weight",
+        "quantizer.proj.weight",
+        "quantizer.embed",
+        "decoder.blocks.15.ff.down_proj.weight",
+    ):
         assert key in tok, key
     assert tok["decoder.mask_token"].shape == (1, 1, 1024)
     dit = convert_state_dict(_paper_state_dict("transformer"), "transformer")
-    for key in ("transformer_blocks.0.pos_embed", "transformer_blocks.5.context_embedder.weight",
-                "transformer_blocks.15.attn.to_k.weight", "transformer_blocks.0.ff.net.0.proj.weight",
-                "time_embed.linear_1.weight", "norm_out.linear.weight"):  # fmt: skip
+    for key in (
+        "transformer_blocks.0.pos_embed",
+        "transformer_blocks.5.context_embedder.weight",
+        "transformer_blocks.15.attn.to_k.weight",
+        "transformer_blocks.0.ff.net.0.proj.weight",
+        "time_embed.linear_1.weight",
+        "norm_out.linear.weight",
+    ):
         assert key in dit, key
     assert dit["transformer_blocks.0.pos_embed"].shape == (1, 128, 2048)
     ar = convert_state_dict(_paper_state_dict("ar_transformer"), "ar_transformer")
-    for key in ("split_token", "transformer_blocks.2.ff.net.2.weight", "transformer_blocks.2.norm1.weight",
-                "transformer_blocks.2.norm2.weight", "transformer_blocks.0.pos_embed"):  # fmt: skip
+    for key in (
+        "split_token",
+        "transformer_blocks.2.ff.net.2.weight",
+        "transformer_blocks.2.norm1.weight",
+        "transformer_blocks.2.norm2.weight",
+        "transformer_blocks.0.pos_embed",
+    ):
         assert key in ar, key
     assert ar["transformer_blocks.0.pos_embed"].shape == (1, 129, 2048)
 
@@ -305,8 +359,11 @@ def test_shape_mismatch_is_reported(tmp_path):
     module["transformer_blocks.2.proj_cond.weight"] = torch.zeros(64, 25)
     out = tmp_path / "out"
     out.mkdir()  # an existing empty folder is fine to write into, but nothing is written on failure
-    with pytest.raises(ValueError, match=r"shape mismatches: transformer_blocks\.2\.context_embedder\.weight: "
-                                         r"checkpoint \(64, 25\) vs model \(64, 24\)"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"shape mismatches: transformer_blocks\.2\.context_embedder\.weight: "
+        r"checkpoint \(64, 25\) vs model \(64, 24\)",
+    ):
         convert_component(module, "transformer", output_dir=out)
     assert list(out.iterdir()) == []
 
@@ -331,8 +388,12 @@ def test_convert_component_writes_loadable_folder(tmp_path):
     assert (out / "config.json").is_file() and (out / conversion.WEIGHTS_NAME).is_file()
     module = _diffusion_module()
     weights = load_file(out / conversion.WEIGHTS_NAME)
-    torch.testing.assert_close(weights["transformer_blocks.1.attn.to_q.weight"],
-                               module["transformer_blocks.1.attn.q_proj.weight"], atol=0, rtol=0)  # fmt: skip
+    torch.testing.assert_close(
+        weights["transformer_blocks.1.attn.to_q.weight"],
+        module["transformer_blocks.1.attn.q_proj.weight"],
+        atol=0,
+        rtol=0,
+    )
     loaded = BinaryDiT.from_pretrained(out)
     assert _public(loaded.config) == _public(model.config)
     assert loaded.config.text_num_layers == 3
@@ -349,8 +410,11 @@ def test_convert_component_writes_loadable_folder(tmp_path):
 
 def test_unknown_override_key_is_rejected():
     with pytest.raises(ValueError, match="sample_size"):
-        convert_component(PARITY / "bae" / "model.safetensors", "image_tokenizer",
-                          config_overrides={**TOKENIZER_OVERRIDES, "sample_size": [512]})  # fmt: skip
+        convert_component(
+            PARITY / "bae" / "model.safetensors",
+            "image_tokenizer",
+            config_overrides={**TOKENIZER_OVERRIDES, "sample_size": [512]},
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------------------

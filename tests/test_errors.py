@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 from training_helpers import load_script, one_thread  # noqa: F401 (one_thread: autouse fixture)
+from utils import tiny_bert_text_components
 
 from diffusers_bit import (
     BernoulliScheduler,
@@ -26,7 +27,6 @@ from diffusers_bit.presets import load_preset_config
 from diffusers_bit.training.data import check_train_data_dir
 from diffusers_bit.training.latent_store import LatentStore
 from diffusers_bit.utils.checks import write_file_atomically
-from utils import tiny_bert_text_components
 
 train_t2i = load_script("train_t2i")
 
@@ -162,8 +162,18 @@ def test_max_sequence_length_beyond_the_position_table():
 @pytest.mark.parametrize(
     "cls, component, change, match",
     [
-        (BinaryLatentTokenizer, "image_tokenizer", {"sample_size": [64]}, r"unknown keys \['sample_size'\]; did you mean `sample_sizes`"),
-        (BinaryLatentTokenizer, "image_tokenizer", {"rope_reference_size": None}, r"missing keys \['rope_reference_size'\]"),
+        (
+            BinaryLatentTokenizer,
+            "image_tokenizer",
+            {"sample_size": [64]},
+            r"unknown keys \['sample_size'\]; did you mean `sample_sizes`",
+        ),
+        (
+            BinaryLatentTokenizer,
+            "image_tokenizer",
+            {"rope_reference_size": None},
+            r"missing keys \['rope_reference_size'\]",
+        ),
         (BinaryDiT, "transformer", {"num_layers": None}, r"missing keys \['num_layers'\]"),
         (BinaryDiT, "transformer", {"hidden_size": 64}, r"unknown keys \['hidden_size'\]"),
         (BinaryARTransformer, "ar_transformer", {"num_token": 16}, r"did you mean `num_tokens`"),
@@ -200,8 +210,19 @@ def test_pipeline_of_the_wrong_kind_is_refused_at_load(pipes, tmp_path, saved, l
     with pytest.raises(ValueError, match=rf"{loader.__name__} needs a .*load it with"):
         loader.from_pretrained(tmp_path / "pipe")
     with pytest.raises(SystemExit, match="load it with"):
-        main(["generate", "--model", str(tmp_path / "pipe"), "--kind", "diffusion" if saved == "ar" else "ar",
-              "--prompt", "x", "--output", str(tmp_path / "x.png")])  # fmt: skip
+        main(
+            [
+                "generate",
+                "--model",
+                str(tmp_path / "pipe"),
+                "--kind",
+                "diffusion" if saved == "ar" else "ar",
+                "--prompt",
+                "x",
+                "--output",
+                str(tmp_path / "x.png"),
+            ]
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -327,8 +348,17 @@ def test_bad_json_files_name_file_and_line(tmp_path):
     overrides = tmp_path / "overrides.json"
     overrides.write_text("{'single': 'quotes'}")
     with pytest.raises(SystemExit, match=r"--config_overrides .*overrides.json is not valid JSON"):
-        main(["convert", "--checkpoint_dir", str(tmp_path), "--output_dir", str(tmp_path / "o"), "--config_overrides",
-              str(overrides)])  # fmt: skip
+        main(
+            [
+                "convert",
+                "--checkpoint_dir",
+                str(tmp_path),
+                "--output_dir",
+                str(tmp_path / "o"),
+                "--config_overrides",
+                str(overrides),
+            ]
+        )
 
 
 @pytest.mark.parametrize(
@@ -364,11 +394,33 @@ def test_unavailable_device_is_named(pipes, tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     with pytest.raises(SystemExit, match=r"`--device` 'cuda' is not available with this torch build"):
-        main(["generate", "--model", str(tmp_path / "pipe"), "--prompt", "x", "--output", str(tmp_path / "x.png"),
-              "--device", "cuda"])  # fmt: skip
+        main(
+            [
+                "generate",
+                "--model",
+                str(tmp_path / "pipe"),
+                "--prompt",
+                "x",
+                "--output",
+                str(tmp_path / "x.png"),
+                "--device",
+                "cuda",
+            ]
+        )
     with pytest.raises(SystemExit, match=r"`--device` 'gpu0' is not a torch device"):
-        main(["generate", "--model", str(tmp_path / "pipe"), "--prompt", "x", "--output", str(tmp_path / "x.png"),
-              "--device", "gpu0"])  # fmt: skip
+        main(
+            [
+                "generate",
+                "--model",
+                str(tmp_path / "pipe"),
+                "--prompt",
+                "x",
+                "--output",
+                str(tmp_path / "x.png"),
+                "--device",
+                "gpu0",
+            ]
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -394,13 +446,24 @@ def test_cli_failures_are_one_line_without_traceback(tmp_path, monkeypatch, argv
 
 
 def test_cli_prints_one_line_and_shows_the_traceback_only_with_debug(tmp_path):
-    argv = [sys.executable, "-m", "diffusers_bit", "generate", "--model", "/no/such/model", "--prompt", "x",
-            "--output", str(tmp_path / "x.png")]  # fmt: skip
+    argv = [
+        sys.executable,
+        "-m",
+        "diffusers_bit",
+        "generate",
+        "--model",
+        "/no/such/model",
+        "--prompt",
+        "x",
+        "--output",
+        str(tmp_path / "x.png"),
+    ]
     env = {k: v for k, v in os.environ.items() if k != "DIFFUSERS_BIT_DEBUG"}
     result = subprocess.run(argv, capture_output=True, text=True, env=env)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert result.returncode == 1 and lines == ["error: `pretrained_model_name_or_path` '/no/such/model' does not exist "
-                                                "(no such folder)"], result.stderr  # fmt: skip
+    assert result.returncode == 1 and lines == [
+        "error: `pretrained_model_name_or_path` '/no/such/model' does not exist (no such folder)"
+    ], result.stderr
     debug = subprocess.run(argv[:3] + ["--debug"] + argv[3:], capture_output=True, text=True, env=env)
     assert debug.returncode == 1 and "Traceback" in debug.stderr and "FileNotFoundError" in debug.stderr
 
@@ -415,4 +478,3 @@ def test_shapes_eval_skips_and_counts_a_corrupt_image(tmp_path, capsys):
     main(["shapes-eval", "--images_dir", str(tmp_path)])
     out = capsys.readouterr().out
     assert "skipped 1 unreadable image(s)" in out and "b.png" in out
-

@@ -1,5 +1,7 @@
 """Image-to-image in binary latent space: strength limits, seeded reproducibility, inputs, from_pipe."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -24,8 +26,13 @@ def _image(seed=0, size=(90, 70)):
 
 
 def _run(pipe, seed=0, **kwargs):
-    args = dict(prompt="a red circle", image=_image(), num_inference_steps=4, output_type="latent",
-                generator=torch.Generator().manual_seed(seed))  # fmt: skip
+    args = dict(
+        prompt="a red circle",
+        image=_image(),
+        num_inference_steps=4,
+        output_type="latent",
+        generator=torch.Generator().manual_seed(seed),
+    )
     return pipe(**{**args, **kwargs}).images
 
 
@@ -56,8 +63,14 @@ def test_partial_strength_runs_the_tail_of_the_schedule_and_is_seeded(pipe):
     assert torch.equal(a, b) and not torch.equal(a, c)
     # only the last steps run: fewer model calls, and a low strength stays closer to the source bits
     calls = []
-    pipe(prompt="x", image=_image(), strength=0.5, num_inference_steps=4, output_type="latent",
-         callback_on_step_end=lambda p, i, t, kw: calls.append(float(t)) or {})  # fmt: skip
+    pipe(
+        prompt="x",
+        image=_image(),
+        strength=0.5,
+        num_inference_steps=4,
+        output_type="latent",
+        callback_on_step_end=lambda p, i, t, kw: calls.append(float(t)) or {},
+    )
     assert calls == pytest.approx([0.5, 0.25])
     assert bits.shape == a.shape
 
@@ -76,8 +89,15 @@ def test_image_forms_agree(pipe):
 
 
 def test_one_image_per_prompt_and_images_per_prompt(pipe):
-    out = pipe(["a", "b"], image=[_image(0), _image(1)], strength=0.5, num_inference_steps=2, num_images_per_prompt=2,
-               output_type="latent", generator=torch.Generator().manual_seed(0)).images  # fmt: skip
+    out = pipe(
+        ["a", "b"],
+        image=[_image(0), _image(1)],
+        strength=0.5,
+        num_inference_steps=2,
+        num_images_per_prompt=2,
+        output_type="latent",
+        generator=torch.Generator().manual_seed(0),
+    ).images
     assert out.shape == (4, 16, 16)
 
 
@@ -119,13 +139,19 @@ def ar():
 def test_ar_prefix_is_kept_and_continued(ar, use_kv_cache):
     full = ar("a cat", output_type="latent", generator=torch.Generator().manual_seed(0)).images
     prefix = full[:, :5]
-    out = ar("a cat", output_type="latent", prefix_latents=prefix, use_kv_cache=use_kv_cache,
-             generator=torch.Generator().manual_seed(7)).images  # fmt: skip
+    out = ar(
+        "a cat",
+        output_type="latent",
+        prefix_latents=prefix,
+        use_kv_cache=use_kv_cache,
+        generator=torch.Generator().manual_seed(7),
+    ).images
     assert out.shape == full.shape and torch.equal(out[:, :5], prefix)
     # greedy continuation of the model's own greedy prefix reproduces the greedy image
     greedy = ar("a cat", output_type="latent", temperature=0.0).images
-    again = ar("a cat", output_type="latent", temperature=0.0, prefix_latents=greedy[:, :9],
-               use_kv_cache=use_kv_cache).images  # fmt: skip
+    again = ar(
+        "a cat", output_type="latent", temperature=0.0, prefix_latents=greedy[:, :9], use_kv_cache=use_kv_cache
+    ).images
     assert torch.equal(again, greedy)
 
 
@@ -149,3 +175,55 @@ def test_ar_full_prefix_returns_it_and_rows_expand(ar):
 def test_ar_bad_prefix(ar, prefix, match):
     with pytest.raises(ValueError, match=match):
         ar("x", output_type="latent", prefix_latents=prefix)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# ShapesEval of edits (evaluation.editing)
+# ----------------------------------------------------------------------------------------------------------------------
+def test_recolor_spec_changes_one_colour_to_a_seen_composition():
+    from diffusers_bit.evaluation import CATEGORIES, compositions, is_held_out
+    from diffusers_bit.evaluation.editing import recolor_spec
+
+    checked = 0
+    for category in CATEGORIES:
+        for spec in compositions(category):
+            for index in range(3):
+                new = recolor_spec(spec, index=index)
+                old_colours = [o["color"] for o in spec["objects"]]
+                if not any(old_colours):
+                    assert new is None
+                    continue
+                if new is None:  # every free colour would make a held-out composition
+                    continue
+                changed = [i for i, (a, b) in enumerate(zip(spec["objects"], new["objects"])) if a != b]
+                assert len(changed) == 1 and new["objects"][changed[0]]["color"] not in old_colours
+                assert {k: v for k, v in new.items() if k != "objects"} == {
+                    k: v for k, v in spec.items() if k != "objects"
+                }
+                assert not is_held_out(new)
+                checked += 1
+    assert checked > 50
+    spec = compositions("colors")[0]
+    assert recolor_spec(spec, 0) == recolor_spec(json.dumps(spec), 0)  # JSON strings as in metadata.jsonl
+
+
+def test_evaluate_img2img_reports_and_is_seeded(t2i, tmp_path):
+    from diffusers_bit.evaluation import parse_prompt, write_shapes_dataset
+    from diffusers_bit.evaluation.editing import evaluate_img2img
+
+    write_shapes_dataset(tmp_path / "data", num_train=1, num_validation=24, num_test=0, size=64)
+    split = tmp_path / "data" / "validation"
+    kwargs = dict(num_images=8, num_inference_steps=2, batch_size=3)
+    keep, (sources, edited, prompts) = evaluate_img2img(t2i, split, "keep", 0.3, return_images=True, **kwargs)
+    assert keep["edit"] == "keep" and keep["num_images"] == 8 and len(edited) == len(sources) == 8
+    assert keep["source"]["overall"] == 1.0  # the rendered originals satisfy their own captions
+    assert keep["retention"] == pytest.approx(keep["edited"]["overall"] / keep["source"]["overall"])
+    again = evaluate_img2img(t2i, split, "keep", 0.3, return_images=True, **kwargs)[1][1]
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(edited, again))
+    recolour, (_, _, new_prompts) = evaluate_img2img(t2i, split, "recolour", 0.7, return_images=True, **kwargs)
+    assert "text_to_image" in recolour and recolour["num_images"] == len(new_prompts) > 0
+    assert recolour["source"]["overall"] == 0.0  # the originals fail the changed colour
+    for prompt in new_prompts:
+        parse_prompt(prompt)
+    with pytest.raises(ValueError, match="edit"):
+        evaluate_img2img(t2i, split, "erase", 0.3)

@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
+from utils import PARITY, analytic_images
 
 from diffusers_bit.conversion import convert_component
-from utils import PARITY, analytic_images
 
 TOKENIZER_OVERRIDES = {
     "encoder_downsample_blocks": [1],
@@ -26,9 +26,11 @@ def tokenizer_ref():
 
 def _tokenizer(**overrides):
     return convert_component(
-        PARITY / "bae" / "model.safetensors", "image_tokenizer", config_overrides={**TOKENIZER_OVERRIDES, **overrides},
+        PARITY / "bae" / "model.safetensors",
+        "image_tokenizer",
+        config_overrides={**TOKENIZER_OVERRIDES, **overrides},
         dtype=torch.float32,
-    )  # fmt: skip
+    )
 
 
 def _check_decode(images, ref, prefix):

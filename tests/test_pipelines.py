@@ -9,10 +9,10 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from utils import tiny_bert_text_components
 
 from diffusers_bit import InstellaARPipeline, InstellaT2IPipeline, build_pipeline
 from diffusers_bit.pipelines.pipeline_instella_common import InstellaPipelineBase
-from utils import tiny_bert_text_components
 
 STEPS = 3
 
@@ -58,8 +58,13 @@ def test_output_types(kind, request):
     assert bits.shape == (1, 16, 16) and set(bits.unique().tolist()) <= {0.0, 1.0}
     # the same bits render to the same image: height/width only pick the decode resolution
     torch.testing.assert_close(torch.from_numpy(arr), pipe.decode_latents(bits, output_type="pt").permute(0, 2, 3, 1))
-    tup = pipe("a red cat", output_type="latent", return_dict=False, generator=torch.Generator().manual_seed(0),
-               **({"num_inference_steps": STEPS} if kind == "t2i" else {}))  # fmt: skip
+    tup = pipe(
+        "a red cat",
+        output_type="latent",
+        return_dict=False,
+        generator=torch.Generator().manual_seed(0),
+        **({"num_inference_steps": STEPS} if kind == "t2i" else {}),
+    )
     assert isinstance(tup, tuple) and torch.equal(tup[0], bits)
 
 
@@ -76,7 +81,9 @@ def test_seed_determinism_and_sensitivity(kind, request):
 @pytest.mark.parametrize("kind", ["t2i", "ar"])
 def test_batch_equals_separate_runs(kind, request):
     pipe = request.getfixturevalue(kind)
-    both = run(pipe, ["a red cat", "an astronaut riding a horse on the moon"], output_type="latent", generator=gens(7, 8))
+    both = run(
+        pipe, ["a red cat", "an astronaut riding a horse on the moon"], output_type="latent", generator=gens(7, 8)
+    )
     first = run(pipe, "a red cat", output_type="latent", generator=gens(7))
     second = run(pipe, ["an astronaut riding a horse on the moon"], output_type="latent", generator=gens(8))
     assert torch.equal(both, torch.cat([first, second]))
@@ -165,13 +172,122 @@ def test_both_algorithms(t2i):
 def test_text_keys_values_computed_once_per_call(kind, request):
     pipe = request.getfixturevalue(kind)
     calls = []
-    handles = [b.context_embedder.register_forward_hook(lambda *a: calls.append(1)) for b in pipe.transformer.transformer_blocks]
+    handles = [
+        b.context_embedder.register_forward_hook(lambda *a: calls.append(1))
+        for b in pipe.transformer.transformer_blocks
+    ]
     try:
         run(pipe, output_type="latent")
     finally:
         for h in handles:
             h.remove()
     assert len(calls) == len(pipe.transformer.transformer_blocks)
+
+
+@pytest.mark.parametrize("kind", ["t2i", "ar"])
+def test_text_keys_values_projected_once_per_prompt(kind, request):
+    """With several images per prompt the text keys/values are projected for the prompts alone and then repeated: the
+    projection sees 2 prompts + 2 negative prompts (not 12 rows), and the bits equal those of features repeated
+    before the projection."""
+    pipe = request.getfixturevalue(kind)
+    embeds, mask, neg, neg_mask = pipe.encode_prompt(["a red cat", "two green triangles"], negative_prompt="")
+    blocks = pipe.transformer.transformer_blocks
+    rows = []
+    handles = [b.context_embedder.register_forward_hook(lambda m, a, o: rows.append(a[0].shape[0])) for b in blocks]
+    try:
+        once = run(
+            pipe,
+            None,
+            prompt_embeds=embeds,
+            prompt_attention_mask=mask,
+            negative_prompt_embeds=neg,
+            negative_prompt_attention_mask=neg_mask,
+            num_images_per_prompt=3,
+            guidance_scale=3.0,
+            generator=gens(*range(6)),
+            output_type="latent",
+        )
+    finally:
+        for h in handles:
+            h.remove()
+    assert rows == [4] * len(blocks)
+    repeated = run(
+        pipe,
+        None,
+        prompt_embeds=embeds.repeat_interleave(3, dim=1),
+        prompt_attention_mask=mask.repeat_interleave(3, dim=0),
+        negative_prompt_embeds=neg.repeat_interleave(3, dim=1),
+        negative_prompt_attention_mask=neg_mask.repeat_interleave(3, dim=0),
+        guidance_scale=3.0,
+        generator=gens(*range(6)),
+        output_type="latent",
+    )
+    assert once.shape == (6, 16, 16) and torch.equal(once, repeated)
+
+
+def test_text_features_are_checked_once_per_call(t2i, monkeypatch):
+    """Precomputed features and masks go through `check_text_features` once per call (in `check_inputs`), and
+    nothing else scans them again (the encoding that follows trusts the check)."""
+    from diffusers_bit.pipelines import pipeline_instella_common as common
+
+    embeds, mask, neg, neg_mask = t2i.encode_prompt(["a red cat", "a dog"], negative_prompt="")
+    checked, scanned = [], []
+    check = InstellaPipelineBase.check_text_features
+    finite = common.check_finite
+    monkeypatch.setattr(
+        InstellaPipelineBase, "check_text_features", lambda self, *args: checked.append(args[2]) or check(self, *args)
+    )
+    monkeypatch.setattr(common, "check_finite", lambda name, t: scanned.append(name) or finite(name, t))
+    run(
+        t2i,
+        None,
+        prompt_embeds=list(embeds),
+        prompt_attention_mask=mask,
+        negative_prompt_embeds=neg,
+        negative_prompt_attention_mask=neg_mask,
+        output_type="latent",
+    )
+    assert checked == ["prompt", "negative_prompt"]
+    assert scanned == ["prompt_embeds"] * len(embeds) + ["negative_prompt_embeds"]
+    # a direct `encode_prompt` call checks them too, with the same messages
+    checked.clear()
+    with pytest.raises(ValueError, match=r"`prompt_embeds` must hold 2 layers of width 32, got shape \(3, 2, 4, 32\)"):
+        t2i.encode_prompt(prompt_embeds=torch.zeros(3, 2, 4, 32))
+    with pytest.raises(ValueError, match="`negative_prompt_embeds` has batch 1, the prompt batch is 2"):
+        t2i.encode_prompt(prompt_embeds=embeds, negative_prompt_embeds=neg[:, :1])
+    assert checked == ["prompt", "prompt", "negative_prompt"]
+
+
+def test_sampling_defaults_are_read_from_the_call_signature(t2i, ar):
+    import inspect
+
+    from diffusers_bit import BernoulliScheduler, InstellaT2IImg2ImgPipeline
+
+    for cls in (InstellaT2IPipeline, InstellaARPipeline, InstellaT2IImg2ImgPipeline):
+        parameters = inspect.signature(cls.__call__).parameters
+        defaults = cls.sampling_defaults()
+        assert defaults and defaults == {name: parameters[name].default for name in defaults}
+    assert InstellaT2IPipeline.sampling_defaults() == {
+        "num_inference_steps": 20,
+        "guidance_scale": 5.0,
+        "temperature": 0.6,
+        "algorithm": None,
+    }
+
+    class FewerSteps(InstellaT2IPipeline):
+        def __call__(self, prompt=None, num_inference_steps=8, guidance_scale=4.0, temperature=0.6, algorithm=None):
+            raise NotImplementedError
+
+    assert FewerSteps.sampling_defaults()["num_inference_steps"] == 8  # no second copy to keep in step
+    # `algorithm=None` means the scheduler config's: the model card and the evaluation reports show that one
+    assert t2i.sampling_defaults_text() == (
+        "`num_inference_steps=20`, `guidance_scale=5.0`, `temperature=0.6`, `algorithm=simplified`"
+    )
+    assert ar.sampling_defaults_text() == "`guidance_scale=8.5`, `temperature=0.6`, `use_kv_cache=True`"
+    posterior = InstellaT2IPipeline(
+        **{**t2i.components, "scheduler": BernoulliScheduler.from_config(t2i.scheduler.config, algorithm="posterior")}
+    )
+    assert posterior.resolved_sampling_defaults()["algorithm"] == "posterior"
 
 
 def test_temperature_zero_is_deterministic(t2i, ar):
@@ -187,7 +303,9 @@ def test_temperature_zero_is_deterministic(t2i, ar):
 def test_ar_kv_cache_and_full_recompute_give_identical_bits(ar):
     for seed in (0, 1, 2):
         cached = run(ar, ["a red cat", "two dogs"], output_type="latent", generator=gens(seed, seed + 10))
-        full = run(ar, ["a red cat", "two dogs"], output_type="latent", generator=gens(seed, seed + 10), use_kv_cache=False)
+        full = run(
+            ar, ["a red cat", "two dogs"], output_type="latent", generator=gens(seed, seed + 10), use_kv_cache=False
+        )
         assert torch.equal(cached, full)
 
 
@@ -203,8 +321,12 @@ def test_t2i_callback_sees_and_modifies_latents(t2i):
             return {"latents": torch.ones_like(kwargs["latents"])}
         return {}
 
-    out = run(t2i, output_type="latent", callback_on_step_end=callback,
-              callback_on_step_end_tensor_inputs=["latents", "pred_original_sample"])  # fmt: skip
+    out = run(
+        t2i,
+        output_type="latent",
+        callback_on_step_end=callback,
+        callback_on_step_end_tensor_inputs=["latents", "pred_original_sample"],
+    )
     assert [s[0] for s in steps] == [0, 1, 2]
     assert steps[0][1] == 1.0 and steps[0][2] == (1, 16, 16)
     assert torch.equal(out, torch.ones(1, 16, 16))
@@ -251,7 +373,9 @@ def test_interrupt_stops_early(t2i):
 # prompts and embeddings
 # ----------------------------------------------------------------------------------------------------------------------
 def test_encode_prompt_matches_authors_recipe(t2i):
-    embeds, mask, neg, neg_mask = t2i.encode_prompt(["a red cat", "a much longer prompt here"], negative_prompt="blurry")
+    embeds, mask, neg, neg_mask = t2i.encode_prompt(
+        ["a red cat", "a much longer prompt here"], negative_prompt="blurry"
+    )
     assert embeds.shape[0] == 2  # one entry per OLMo layer after the embedding output
     assert embeds.shape[1] == 2 and neg.shape[1] == 2
     # left padding for a causal LM: the shorter prompt's padding is at the start, and padded features are zero
@@ -260,8 +384,12 @@ def test_encode_prompt_matches_authors_recipe(t2i):
     # conditional and unconditional texts share one padded batch
     assert embeds.shape[2] == neg.shape[2]
     # they are the text encoder's hidden states [1:]
-    tok = t2i.tokenizer(["a red cat", "a much longer prompt here", "blurry", "blurry"], padding=True,
-                        return_tensors="pt", padding_side="left")  # fmt: skip
+    tok = t2i.tokenizer(
+        ["a red cat", "a much longer prompt here", "blurry", "blurry"],
+        padding=True,
+        return_tensors="pt",
+        padding_side="left",
+    )
     hs = t2i.text_encoder(**tok, output_hidden_states=True).hidden_states
     torch.testing.assert_close(embeds[1, 1], hs[2][1])
 
@@ -281,10 +409,15 @@ def test_precomputed_prompt_embeds_skip_the_text_encoder(kind, request):
     calls = []
     handle = pipe.text_encoder.register_forward_hook(lambda *a: calls.append(1))
     try:
-        images = pipe(prompt_embeds=list(embeds), prompt_attention_mask=mask, negative_prompt_embeds=neg,
-                      negative_prompt_attention_mask=neg_mask, output_type="latent",
-                      generator=torch.Generator().manual_seed(0),
-                      **({"num_inference_steps": STEPS} if kind == "t2i" else {})).images  # fmt: skip
+        images = pipe(
+            prompt_embeds=list(embeds),
+            prompt_attention_mask=mask,
+            negative_prompt_embeds=neg,
+            negative_prompt_attention_mask=neg_mask,
+            output_type="latent",
+            generator=torch.Generator().manual_seed(0),
+            **({"num_inference_steps": STEPS} if kind == "t2i" else {}),
+        ).images
     finally:
         handle.remove()
     assert calls == []
@@ -309,8 +442,7 @@ def test_bert_style_text_encoder():
     embeds, mask, _, _ = pipe.encode_prompt(["red cat", "a red dog on a cat"], do_classifier_free_guidance=False)
     assert embeds.shape[:2] == (2, 2)
     assert mask[0, 0] == 1 and mask[0, -1] == 0  # right padding for an encoder
-    images = pipe(["red cat", "dog"], num_inference_steps=STEPS, output_type="np",
-                  generator=gens(0, 1)).images  # fmt: skip
+    images = pipe(["red cat", "dog"], num_inference_steps=STEPS, output_type="np", generator=gens(0, 1)).images
     assert images.shape == (2, 128, 128, 3) and np.isfinite(images).all()
 
 
@@ -417,8 +549,10 @@ def test_push_to_hub_writes_model_card(kind, request, monkeypatch):
     assert "16 tokens of 16 bits" in card and "128x128" in card
     # remote-code form: the pushed repo also loads with DiffusionPipeline.from_pretrained(repo, trust_remote_code=True)
     assert uploaded["index"]["_class_name"] == ["diffusers_bit_pipeline", type(pipe).__name__]
-    assert "DiffusionPipeline.from_pretrained(\"acme/tiny-instella\", trust_remote_code=True" in card
-    assert "diffusers_bit_pipeline.py" in uploaded["files"] and "transformer/diffusers_bit_model.py" in uploaded["files"]
+    assert 'DiffusionPipeline.from_pretrained("acme/tiny-instella", trust_remote_code=True' in card
+    assert (
+        "diffusers_bit_pipeline.py" in uploaded["files"] and "transformer/diffusers_bit_model.py" in uploaded["files"]
+    )
 
 
 def test_model_cpu_offload(t2i, tmp_path):
@@ -435,12 +569,26 @@ def test_mismatched_components_are_refused(t2i):
     from diffusers_bit import BinaryDiT
 
     c = dict(t2i.components)
-    wrong_tokens = BinaryDiT(in_channels=16, num_layers=2, num_attention_heads=2, attention_head_dim=32, num_tokens=8,
-                             text_embed_dim=32, text_num_layers=2)  # fmt: skip
+    wrong_tokens = BinaryDiT(
+        in_channels=16,
+        num_layers=2,
+        num_attention_heads=2,
+        attention_head_dim=32,
+        num_tokens=8,
+        text_embed_dim=32,
+        text_num_layers=2,
+    )
     with pytest.raises(ValueError, match="image_tokenizer.*transformer"):
         InstellaT2IPipeline(**{**c, "transformer": wrong_tokens})
-    wrong_text = BinaryDiT(in_channels=16, num_layers=2, num_attention_heads=2, attention_head_dim=32, num_tokens=16,
-                           text_embed_dim=32, text_num_layers=3)  # fmt: skip
+    wrong_text = BinaryDiT(
+        in_channels=16,
+        num_layers=2,
+        num_attention_heads=2,
+        attention_head_dim=32,
+        num_tokens=16,
+        text_embed_dim=32,
+        text_num_layers=3,
+    )
     with pytest.raises(ValueError, match="text_encoder"):
         InstellaT2IPipeline(**{**c, "transformer": wrong_text})
 
@@ -540,16 +688,27 @@ def test_bad_prompt_embeds(t2i, no_model_runs):
 
 def test_converter_builds_complete_pipelines(tmp_path):
     """The documented path from the authors' release to pipeline folders (tiny fixtures, local tiny OLMo)."""
-    from diffusers_bit.conversion import convert_to_pipelines
     from utils import PARITY
+
+    from diffusers_bit.conversion import convert_to_pipelines
 
     text_dir = tmp_path / "olmo"
     source = build_pipeline("tiny", "diffusion", seed=0)
     # the fixture generators read 3 text layers of width 24: a matching tiny OLMo
     from transformers import OlmoConfig, OlmoForCausalLM
 
-    llm = OlmoForCausalLM(OlmoConfig(vocab_size=260, hidden_size=24, intermediate_size=48, num_hidden_layers=3,
-                                     num_attention_heads=2, pad_token_id=1, eos_token_id=0, bos_token_id=None))  # fmt: skip
+    llm = OlmoForCausalLM(
+        OlmoConfig(
+            vocab_size=260,
+            hidden_size=24,
+            intermediate_size=48,
+            num_hidden_layers=3,
+            num_attention_heads=2,
+            pad_token_id=1,
+            eos_token_id=0,
+            bos_token_id=None,
+        )
+    )
     llm.save_pretrained(text_dir)
     source.tokenizer.save_pretrained(text_dir)
     release = tmp_path / "release"
@@ -557,8 +716,14 @@ def test_converter_builds_complete_pipelines(tmp_path):
     shutil.copy(PARITY / "bae" / "model.safetensors", release / "bae" / "model.safetensors")
     shutil.copy(PARITY / "diffusion.pt", release / "diffusion.pt")
     shutil.copy(PARITY / "ar.pt", release / "ar.pt")
-    overrides = {"image_tokenizer": {"encoder_downsample_blocks": [1], "decoder_upsample_blocks": [1],
-                                     "axes_dims_rope": [4, 14, 14], "sample_sizes": [512]}}  # fmt: skip
+    overrides = {
+        "image_tokenizer": {
+            "encoder_downsample_blocks": [1],
+            "decoder_upsample_blocks": [1],
+            "axes_dims_rope": [4, 14, 14],
+            "sample_sizes": [512],
+        }
+    }
     written = convert_to_pipelines(release, tmp_path / "out", text_dir, overrides, dtype=torch.float32)
     assert set(written) == {"InstellaT2IPipeline", "InstellaARPipeline"}
     pipe = InstellaT2IPipeline.from_pretrained(written["InstellaT2IPipeline"])

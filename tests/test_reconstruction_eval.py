@@ -29,12 +29,10 @@ from diffusers_bit.evaluation.reconstruction import (
     load_clip,
     load_inception,
     load_lpips,
-    psnr,
     real_photographs,
-    ssim,
 )
+from diffusers_bit.metrics import LPIPS, load_perceptual_model, psnr, ssim
 from diffusers_bit.presets import load_preset_config
-from diffusers_bit.training.perceptual import LPIPS, load_perceptual_model
 
 HAS_SKIMAGE = importlib.util.find_spec("skimage") is not None
 
@@ -89,10 +87,20 @@ def test_ssim_matches_scikit_image():
     noisy = rng.integers(0, 256, (40, 52, 3), dtype=np.uint8)
     structured = structured_image(1)
     blurred = np.asarray(Image.fromarray(structured).resize((45, 35)).resize((90, 70)))
-    for a, b in ((noisy, np.clip(noisy.astype(int) + rng.integers(-40, 40, noisy.shape), 0, 255).astype(np.uint8)),
-                 (structured, blurred), (structured[..., 0], blurred[..., 0])):  # fmt: skip
-        expected = structural_similarity(a, b, data_range=255, channel_axis=-1 if a.ndim == 3 else None,
-                                         gaussian_weights=True, sigma=1.5, use_sample_covariance=False)  # fmt: skip
+    for a, b in (
+        (noisy, np.clip(noisy.astype(int) + rng.integers(-40, 40, noisy.shape), 0, 255).astype(np.uint8)),
+        (structured, blurred),
+        (structured[..., 0], blurred[..., 0]),
+    ):
+        expected = structural_similarity(
+            a,
+            b,
+            data_range=255,
+            channel_axis=-1 if a.ndim == 3 else None,
+            gaussian_weights=True,
+            sigma=1.5,
+            use_sample_covariance=False,
+        )
         assert ssim(a, b) == pytest.approx(expected, abs=1e-10)
         assert ssim(a / 255.0, b / 255.0) == pytest.approx(expected, abs=1e-10)
         assert psnr(a, b) == pytest.approx(peak_signal_noise_ratio(a, b, data_range=255))
@@ -181,8 +189,16 @@ def test_reconstruction_is_compared_at_the_decode_resolution(monkeypatch):
     for entry in report["resolutions"].values():
         assert entry["psnr"] > 27 and entry["ssim"] > 0.9
     # the same decodes compared with a transposed or an uncropped-squashed source score far lower
-    recon = F.interpolate(torch.from_numpy(center_crop_resize(images[0], 96)).permute(2, 0, 1)[None].float(),
-                          (128, 128), mode="bicubic", antialias=True)[0].clamp(0, 255).round()  # fmt: skip
+    recon = (
+        F.interpolate(
+            torch.from_numpy(center_crop_resize(images[0], 96)).permute(2, 0, 1)[None].float(),
+            (128, 128),
+            mode="bicubic",
+            antialias=True,
+        )[0]
+        .clamp(0, 255)
+        .round()
+    )
     right = center_crop_resize(images[0], 128)
     squashed = np.asarray(Image.fromarray(images[0]).resize((128, 128), Image.Resampling.LANCZOS))
     recon = recon.permute(1, 2, 0).numpy().astype(np.uint8)
@@ -194,8 +210,9 @@ def test_reconstruction_is_compared_at_the_decode_resolution(monkeypatch):
 # Optional metrics
 # ----------------------------------------------------------------------------------------------------------------------
 def test_optional_metrics_are_skipped_with_a_message(tmp_path, caplog):
-    report = evaluate_reconstruction(tiny_tokenizer(), [structured_image(0)], resolutions=[64],
-                                     lpips_weights=tmp_path / "missing")  # fmt: skip
+    report = evaluate_reconstruction(
+        tiny_tokenizer(), [structured_image(0)], resolutions=[64], lpips_weights=tmp_path / "missing"
+    )
     assert report["skipped"]["rfid"] == "skipped: rFID needs Inception weights; pass --inception_weights PATH"
     assert report["skipped"]["clip_similarity"] == SKIP_MESSAGES["clip_similarity"]
     assert "--lpips_weights" in report["skipped"]["lpips"] and "does not exist" in report["skipped"]["lpips"]
@@ -247,12 +264,24 @@ def test_clip_similarity_from_a_local_folder(tmp_path):
 
     torch.manual_seed(0)
     config = CLIPConfig(
-        text_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                         vocab_size=64, max_position_embeddings=16),
-        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                           image_size=32, patch_size=8),
+        text_config=dict(
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            vocab_size=64,
+            max_position_embeddings=16,
+        ),
+        vision_config=dict(
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        ),
         projection_dim=8,
-    )  # fmt: skip
+    )
     CLIPModel(config).save_pretrained(tmp_path / "clip")
     CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
         tmp_path / "clip"
@@ -261,8 +290,9 @@ def test_clip_similarity_from_a_local_folder(tmp_path):
     assert isinstance(clip, CLIPImageSimilarity)
     x = torch.rand(2, 3, 40, 40)
     assert clip(x, x).tolist() == pytest.approx([1.0, 1.0], abs=1e-5)
-    report = evaluate_reconstruction(tiny_tokenizer(), [structured_image(0)], resolutions=[64],
-                                     clip_model=tmp_path / "clip")  # fmt: skip
+    report = evaluate_reconstruction(
+        tiny_tokenizer(), [structured_image(0)], resolutions=[64], clip_model=tmp_path / "clip"
+    )
     assert -1 <= report["resolutions"]["64"]["clip_similarity"] <= 1 and "clip_similarity" not in report["skipped"]
 
 
@@ -300,9 +330,20 @@ def test_eval_reconstruction_cli(tmp_path, capsys):
     for i in range(3):
         Image.fromarray(structured_image(i, size=(64, 64))).save(split / f"{i:05d}.png")
     output = tmp_path / "report.json"
-    args = ["eval-reconstruction", "--image_tokenizer", str(tmp_path / "pipe"), "--shapes_dir",
-            str(tmp_path / "shapes"), "--resolutions", "64", "128", "--num_images", "2",
-            "--output", str(output)]  # fmt: skip
+    args = [
+        "eval-reconstruction",
+        "--image_tokenizer",
+        str(tmp_path / "pipe"),
+        "--shapes_dir",
+        str(tmp_path / "shapes"),
+        "--resolutions",
+        "64",
+        "128",
+        "--num_images",
+        "2",
+        "--output",
+        str(output),
+    ]
     main(args)
     printed = capsys.readouterr().out
     assert "| shapes | 2 | 64 | 128 |" in printed and "pass --inception_weights PATH" in printed
@@ -312,8 +353,17 @@ def test_eval_reconstruction_cli(tmp_path, capsys):
     with pytest.raises(SystemExit, match="already exists"):
         main(args)
     # a tokenizer folder directly, the flat image folder, and the offline photographs
-    more = ["eval-reconstruction", "--image_tokenizer", str(tmp_path / "pipe" / "image_tokenizer"), "--shapes_dir",
-            str(split), "--resolutions", "96", "--num_images", "1"]  # fmt: skip
+    more = [
+        "eval-reconstruction",
+        "--image_tokenizer",
+        str(tmp_path / "pipe" / "image_tokenizer"),
+        "--shapes_dir",
+        str(split),
+        "--resolutions",
+        "96",
+        "--num_images",
+        "1",
+    ]
     main(more + (["--photos"] if HAS_SKIMAGE else []))
     printed = capsys.readouterr().out
     assert "| shapes | 1 | 64 | 96 |" in printed

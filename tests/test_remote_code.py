@@ -63,10 +63,21 @@ def run_without_package(tmp_path, source, *extra, env=None):
     script = tmp_path / "load_without_package.py"
     script.write_text(SCRIPT)
     out = tmp_path / "result.pt"
-    environ = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"),
-               **(env or {})}  # fmt: skip
-    proc = subprocess.run([sys.executable, str(script), str(source), str(out), str(STEPS), *map(str, extra)],
-                          capture_output=True, text=True, env=environ, cwd=tmp_path, timeout=300)  # fmt: skip
+    environ = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "HF_MODULES_CACHE": str(tmp_path / "modules"),
+        **(env or {}),
+    }
+    proc = subprocess.run(
+        [sys.executable, str(script), str(source), str(out), str(STEPS), *map(str, extra)],
+        capture_output=True,
+        text=True,
+        env=environ,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return torch.load(out, weights_only=False)
 
@@ -96,7 +107,9 @@ def check_same(result, pipe):
         assert result[name]["state"].keys() == state.keys()
         assert all(torch.equal(result[name]["state"][k], v) for k, v in state.items())
     if "scheduler" in pipe.components:
-        assert result["scheduler"].startswith("diffusers_modules.") and result["scheduler"].endswith(".BernoulliScheduler")
+        assert result["scheduler"].startswith("diffusers_modules.") and result["scheduler"].endswith(
+            ".BernoulliScheduler"
+        )
 
 
 @pytest.mark.parametrize("kind", ["t2i", "ar"])
@@ -132,7 +145,9 @@ def test_installed_package_keeps_one_class_identity(pipes, tmp_path):
     # re-saving the loaded pipeline keeps both routes working
     loaded.save_pretrained(tmp_path / "again")
     assert json.loads((tmp_path / "again" / "model_index.json").read_text())["_class_name"] == [
-        "diffusers_bit_pipeline", "InstellaT2IPipeline"]  # fmt: skip
+        "diffusers_bit_pipeline",
+        "InstellaT2IPipeline",
+    ]
     assert torch.equal(package_bits(InstellaT2IPipeline.from_pretrained(tmp_path / "again")), package_bits(pipe))
     check_same(run_without_package(tmp_path, tmp_path / "again"), pipe)
 
@@ -203,14 +218,16 @@ def test_models_saved_alone_load_with_automodel(tmp_path):
     assert config["auto_map"] == {"AutoModel": "diffusers_bit_model.BinaryARTransformer"}
     model = AutoModel.from_pretrained(str(tmp_path / "ar"), trust_remote_code=True)
     assert type(model) is BinaryARTransformer
-    assert type(BinaryARTransformer.from_pretrained(tmp_path / "ar")) is BinaryARTransformer  # auto_map is not a config key
+    assert (
+        type(BinaryARTransformer.from_pretrained(tmp_path / "ar")) is BinaryARTransformer
+    )  # auto_map is not a config key
 
 
 def test_converted_release_loads_both_ways(tmp_path):
-    from diffusers_bit.conversion import convert_checkpoint_dir
-
     from test_conversion import TOKENIZER_OVERRIDES
     from utils import PARITY
+
+    from diffusers_bit.conversion import convert_checkpoint_dir
 
     src = tmp_path / "release"
     (src / "bae").mkdir(parents=True)
@@ -219,8 +236,9 @@ def test_converted_release_loads_both_ways(tmp_path):
     out = tmp_path / "converted"
     convert_checkpoint_dir(src, out, config_overrides={"image_tokenizer": TOKENIZER_OVERRIDES})
     script = tmp_path / "automodel.py"
-    script.write_text(textwrap.dedent(
-        """
+    script.write_text(
+        textwrap.dedent(
+            """
         import sys
         sys.modules["diffusers_bit"] = None
         import torch
@@ -228,14 +246,24 @@ def test_converted_release_loads_both_ways(tmp_path):
         models = {name: AutoModel.from_pretrained(sys.argv[1] + "/" + name, trust_remote_code=True)
                   for name in ("image_tokenizer", "transformer", "ar_transformer")}
         torch.save({name: (type(m).__name__, m.state_dict()) for name, m in models.items()}, sys.argv[2])
-        """))  # fmt: skip
+        """
+        )
+    )
     environ = {**os.environ, "OMP_NUM_THREADS": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
-    proc = subprocess.run([sys.executable, str(script), str(out), str(tmp_path / "r.pt")], capture_output=True,
-                          text=True, env=environ, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, str(script), str(out), str(tmp_path / "r.pt")],
+        capture_output=True,
+        text=True,
+        env=environ,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = torch.load(tmp_path / "r.pt", weights_only=False)
-    for name, cls in (("image_tokenizer", BinaryLatentTokenizer), ("transformer", BinaryDiT),
-                      ("ar_transformer", BinaryARTransformer)):  # fmt: skip
+    for name, cls in (
+        ("image_tokenizer", BinaryLatentTokenizer),
+        ("transformer", BinaryDiT),
+        ("ar_transformer", BinaryARTransformer),
+    ):
         model = cls.from_pretrained(out / name)
         assert result[name][0] == cls.__name__
         assert all(torch.equal(result[name][1][k], v) for k, v in model.state_dict().items())

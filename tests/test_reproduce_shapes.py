@@ -35,8 +35,12 @@ def test_stage_commands_use_the_recipes_and_resume(tmp_path):
 @pytest.mark.slow
 def test_micro_chain_runs_end_to_end(tmp_path):
     work = tmp_path / "work"
-    result = subprocess.run([sys.executable, str(SCRIPT), "--work_dir", str(work), "--micro", "--threads", "1"],
-                            capture_output=True, text=True, cwd=REPO)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--work_dir", str(work), "--micro", "--threads", "1"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert all(f"{stage:<11} done" in result.stdout for stage in chain.STAGES)
     report = json.loads((work / "evaluation.json").read_text())

@@ -111,9 +111,13 @@ def test_bad_overrides_at_call_time_rejected():
 
 def test_config_save_load_round_trip(tmp_path):
     scheduler = BernoulliScheduler(
-        algorithm="posterior", rho=1.7, posterior_keep_rate="exact", timestep_distribution="uniform",
-        logit_mean=0.25, logit_std=1.5,
-    )  # fmt: skip
+        algorithm="posterior",
+        rho=1.7,
+        posterior_keep_rate="exact",
+        timestep_distribution="uniform",
+        logit_mean=0.25,
+        logit_std=1.5,
+    )
     scheduler.save_pretrained(tmp_path)
     assert (tmp_path / "scheduler_config.json").is_file()
     loaded = BernoulliScheduler.from_pretrained(tmp_path)
@@ -230,9 +234,11 @@ def test_original_logits_sign_rule():
     torch.testing.assert_close(BernoulliScheduler.original_logits(f, z), torch.tensor([1.5, -0.5, -2.0, 3.0]))
     # sigmoid of it is p(z0 = 1)
     torch.testing.assert_close(
-        torch.sigmoid(BernoulliScheduler.original_logits(f, z)), BernoulliScheduler.predict_original(f, z),
-        atol=1e-6, rtol=0,
-    )  # fmt: skip
+        torch.sigmoid(BernoulliScheduler.original_logits(f, z)),
+        BernoulliScheduler.predict_original(f, z),
+        atol=1e-6,
+        rtol=0,
+    )
 
 
 def test_loss_matches_authors_formula_and_probability_bce():

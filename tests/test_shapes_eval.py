@@ -57,8 +57,11 @@ def stripes(n, period=16, low=150, high=172):
 
 
 RED_CIRCLE_LEFT_OF_BLUE_SQUARE = [("circle", RED, 0.25, 0.5, 0.3), ("square", BLUE, 0.72, 0.55, 0.3)]
-THREE_GREEN_TRIANGLES = [("triangle", GREEN, 0.25, 0.3, 0.28), ("triangle", GREEN, 0.7, 0.3, 0.25),
-                         ("triangle", GREEN, 0.45, 0.75, 0.3)]  # fmt: skip
+THREE_GREEN_TRIANGLES = [
+    ("triangle", GREEN, 0.25, 0.3, 0.28),
+    ("triangle", GREEN, 0.7, 0.3, 0.25),
+    ("triangle", GREEN, 0.45, 0.75, 0.3),
+]
 
 
 def test_analyser_on_hand_drawn_images():
@@ -80,8 +83,11 @@ def test_analyser_on_hand_drawn_images():
     assert analyse_image(Image.fromarray(stripes(64))) == []
     assert analyse_image(np.full((48, 40, 3), 128, np.uint8)) == []  # non-square, no objects
     # without anti-aliasing, at 128 px, and downsampled from 512 px
-    for image in (draw(RED_CIRCLE_LEFT_OF_BLUE_SQUARE, supersample=1), draw(RED_CIRCLE_LEFT_OF_BLUE_SQUARE, 128),
-                  draw(RED_CIRCLE_LEFT_OF_BLUE_SQUARE, 512, supersample=1)):  # fmt: skip
+    for image in (
+        draw(RED_CIRCLE_LEFT_OF_BLUE_SQUARE, supersample=1),
+        draw(RED_CIRCLE_LEFT_OF_BLUE_SQUARE, 128),
+        draw(RED_CIRCLE_LEFT_OF_BLUE_SQUARE, 512, supersample=1),
+    ):
         assert sorted((o.shape, o.color) for o in analyse_image(image)) == [("circle", "red"), ("square", "blue")]
     # specks are ignored, a colour flood is no shape
     speckled = np.asarray(draw([("circle", RED, 0.5, 0.5, 0.3)])).copy()
@@ -142,8 +148,11 @@ def test_shape_classification_features():
         ([("circle", RED, 0.5, 0.25, 0.25), ("square", BLUE, 0.45, 0.75, 0.25)], "a circle above a square", True),
         ([("circle", RED, 0.5, 0.25, 0.25), ("square", BLUE, 0.45, 0.75, 0.25)], "a square below a circle", True),
         ([("circle", RED, 0.5, 0.25, 0.25), ("square", BLUE, 0.45, 0.75, 0.25)], "a circle below a square", False),
-        ([("circle", RED, 0.5, 0.25, 0.25), ("square", BLUE, 0.45, 0.75, 0.25)], "a circle to the left of a square",
-         False),  # fmt: skip
+        (
+            [("circle", RED, 0.5, 0.25, 0.25), ("square", BLUE, 0.45, 0.75, 0.25)],
+            "a circle to the left of a square",
+            False,
+        ),
         (RED_CIRCLE_LEFT_OF_BLUE_SQUARE, "a red circle and a blue square", True),
         (RED_CIRCLE_LEFT_OF_BLUE_SQUARE, "a blue circle and a red square", False),
         (RED_CIRCLE_LEFT_OF_BLUE_SQUARE, "a red circle and a green square", False),
@@ -175,9 +184,18 @@ def test_parse_prompt_round_trip_and_errors():
             assert parse_prompt(spec_to_caption(spec)) == spec
     assert parse_prompt("  An Orange   Circle. ") == parse_prompt("an orange circle")
     assert parse_prompt("a triangle below a circle")["relation"] == "below"
-    bad_prompts = ("a dog", "", "a circle and a circle", "a red circle and a red square", "five circles",
-                   "one circle", "a circle left of a square", "two red circles", "a circle to the left of a circle",
-                   "circle")  # fmt: skip
+    bad_prompts = (
+        "a dog",
+        "",
+        "a circle and a circle",
+        "a red circle and a red square",
+        "five circles",
+        "one circle",
+        "a circle left of a square",
+        "two red circles",
+        "a circle to the left of a circle",
+        "circle",
+    )
     for bad in bad_prompts:
         with pytest.raises(ValueError, match="grammar"):
             parse_prompt(bad)
@@ -236,8 +254,10 @@ class RenderingPipeline:
         assert output_type == "pil" and num_images_per_prompt == 1 and len(generator) == len(prompt)
         self.calls.append((len(prompt), kwargs))
         size = kwargs.get("height", 64)
-        images = [render(sample_scene(parse_prompt(p), np.random.default_rng(g.initial_seed())), size)
-                  for p, g in zip(prompt, generator)]  # fmt: skip
+        images = [
+            render(sample_scene(parse_prompt(p), np.random.default_rng(g.initial_seed())), size)
+            for p, g in zip(prompt, generator)
+        ]
         return type("Output", (), {"images": images})()
 
 
@@ -245,8 +265,16 @@ def test_evaluate_pipeline_with_a_stand_in_pipeline(tmp_path):
     root = tmp_path / "data"
     write_shapes_dataset(root, num_train=1, num_validation=0, num_test=12)
     pipe = RenderingPipeline()
-    report, images = evaluate_pipeline(pipe, root / "prompts_test.jsonl", images_per_prompt=3, seed=5, batch_size=4,
-                                       height=96, width=96, guidance_scale=2.0)  # fmt: skip
+    report, images = evaluate_pipeline(
+        pipe,
+        root / "prompts_test.jsonl",
+        images_per_prompt=3,
+        seed=5,
+        batch_size=4,
+        height=96,
+        width=96,
+        guidance_scale=2.0,
+    )
     n_prompts = len((root / "prompts_test.jsonl").read_text().splitlines())
     assert len(images) == report["num_images"] == 3 * n_prompts and images[0].size == (96, 96)
     assert report["overall"] == 1.0 and set(report["categories"]) == set(CATEGORIES)
@@ -254,10 +282,12 @@ def test_evaluate_pipeline_with_a_stand_in_pipeline(tmp_path):
     assert pipe.calls[0][1] == {"height": 96, "width": 96, "guidance_scale": 2.0}
     assert [r["seed"] for r in report["results"][:4]] == [5, 6, 7, 8] and report["results"][3]["prompt_index"] == 1
     # the images do not depend on the batch size
-    _, again = evaluate_pipeline(RenderingPipeline(), ["a circle", "two squares"], images_per_prompt=2, seed=5,
-                                 batch_size=3)  # fmt: skip
-    _, single = evaluate_pipeline(RenderingPipeline(), ["a circle", "two squares"], images_per_prompt=2, seed=5,
-                                  batch_size=1)  # fmt: skip
+    _, again = evaluate_pipeline(
+        RenderingPipeline(), ["a circle", "two squares"], images_per_prompt=2, seed=5, batch_size=3
+    )
+    _, single = evaluate_pipeline(
+        RenderingPipeline(), ["a circle", "two squares"], images_per_prompt=2, seed=5, batch_size=1
+    )
     assert [im.tobytes() for im in again] == [im.tobytes() for im in single]
     with pytest.raises(ValueError, match="grammar"):
         evaluate_pipeline(RenderingPipeline(), ["a circle", "a dog"])
@@ -280,8 +310,10 @@ def test_cli_shapes_eval(tmp_path, capsys):
     generated.mkdir()
     draw(RED_CIRCLE_LEFT_OF_BLUE_SQUARE).save(generated / "a.png")
     draw(THREE_GREEN_TRIANGLES).save(generated / "b.png")
-    rows = [{"file_name": "a.png", "text": "a red circle and a blue square"},
-            {"file_name": "b.png", "text": "two triangles"}]  # fmt: skip
+    rows = [
+        {"file_name": "a.png", "text": "a red circle and a blue square"},
+        {"file_name": "b.png", "text": "two triangles"},
+    ]
     (generated / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     main(["shapes-eval", "--images_dir", str(generated)])
     printed = capsys.readouterr().out

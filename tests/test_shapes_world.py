@@ -41,24 +41,40 @@ def _concepts(specs):
 
 
 def _hashes(folder):
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}  # fmt: skip
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_grammar_compositions_and_held_out_set():
     assert {c: len(compositions(c)) for c in CATEGORIES} == {
-        "single_object": 3, "two_object": 6, "counting": 9, "colors": 18, "position": 24, "color_attr": 180,
-    }  # fmt: skip
+        "single_object": 3,
+        "two_object": 6,
+        "counting": 9,
+        "colors": 18,
+        "position": 24,
+        "color_attr": 180,
+    }
     assert spec_to_caption(make_spec("colors", [("circle", "orange")])) == "an orange circle"
     assert spec_to_caption(make_spec("counting", [("triangle", None, 3)])) == "three triangles"
     assert spec_to_caption(make_spec("position", [("circle",), ("square",)], "left of")) == (
-        "a circle to the left of a square")  # fmt: skip
+        "a circle to the left of a square"
+    )
     assert spec_to_caption(make_spec("color_attr", [("circle", "red"), ("square", "blue")])) == (
-        "a red circle and a blue square")  # fmt: skip
+        "a red circle and a blue square"
+    )
     test = split_compositions("test")
     train = split_compositions("train")
     assert {c: len(v) for c, v in test.items()} == {
-        "single_object": 1, "two_object": 1, "counting": 2, "colors": 3, "position": 6, "color_attr": 54}  # fmt: skip
+        "single_object": 1,
+        "two_object": 1,
+        "counting": 2,
+        "colors": 3,
+        "position": 6,
+        "color_attr": 54,
+    }
     for category in CATEGORIES:
         held = {spec_to_caption(s) for s in test[category]}
         seen = {spec_to_caption(s) for s in train[category]}
@@ -70,7 +86,8 @@ def test_grammar_compositions_and_held_out_set():
         assert not {(o["color"], o["shape"]) for o in spec["objects"]} & set(HELD_OUT_COLOR_SHAPES)
     # both phrasings of a held-out position layout are held out
     assert {"a circle to the left of a triangle", "a triangle to the right of a circle"} <= {
-        spec_to_caption(s) for s in test["position"]}  # fmt: skip
+        spec_to_caption(s) for s in test["position"]
+    }
     # every concept still appears in train captions, per category where it can
     all_train = [s for specs in train.values() for s in specs]
     assert _concepts(all_train) == (set(SHAPES), set(COLORS), {1, 2, 3, 4}, set(RELATIONS))
@@ -122,7 +139,8 @@ def test_scenes_are_deterministic_and_well_formed():
                 a, b = objs
                 dx, dy = b.cx - a.cx, b.cy - a.cy
                 along, across = {"left of": (dx, dy), "right of": (-dx, dy), "above": (dy, dx), "below": (-dy, dx)}[
-                    spec["relation"]]  # fmt: skip
+                    spec["relation"]
+                ]
                 assert along >= (a.diameter + b.diameter) / 2 + OBJECT_GAP - 1e-3 and along >= 2.5 * abs(across) - 1e-3
             bg = np.asarray(scene.background.rgb)
             assert bg.max() - bg.min() <= 12 + 1e-6 and scene.background.contrast <= 30
@@ -147,8 +165,10 @@ def test_write_dataset_is_byte_identical_loadable_and_refuses_to_overwrite(tmp_p
     write_shapes_dataset(tmp_path / "c", num_train=18, num_validation=12, num_test=12, seed=2)
     assert _hashes(tmp_path / "c") != _hashes(first)
 
-    rows = {s: [json.loads(x) for x in (first / s / "metadata.jsonl").read_text().splitlines()] for s in
-            ("train", "validation", "test")}  # fmt: skip
+    rows = {
+        s: [json.loads(x) for x in (first / s / "metadata.jsonl").read_text().splitlines()]
+        for s in ("train", "validation", "test")
+    }
     assert [len(r) for r in rows.values()] == [18, 12, 12]
     for split, split_rows in rows.items():
         for row in split_rows:
@@ -212,8 +232,23 @@ def test_writer_speed(tmp_path):
 
 def test_cli_shapes_data(tmp_path, capsys):
     out = tmp_path / "data"
-    main(["shapes-data", "--output_dir", str(out), "--num_train", "6", "--num_validation", "3", "--num_test", "6",
-          "--size", "48", "--seed", "2"])  # fmt: skip
+    main(
+        [
+            "shapes-data",
+            "--output_dir",
+            str(out),
+            "--num_train",
+            "6",
+            "--num_validation",
+            "3",
+            "--num_test",
+            "6",
+            "--size",
+            "48",
+            "--seed",
+            "2",
+        ]
+    )
     assert "6 train, 3 validation and 6 test" in capsys.readouterr().out
     with Image.open(out / "test" / "000000.png") as im:
         assert im.size == (48, 48)
@@ -221,6 +256,18 @@ def test_cli_shapes_data(tmp_path, capsys):
         main(["shapes-data", "--output_dir", str(out), "--num_train", "6"])
     with pytest.raises(SystemExit, match="`size`"):
         main(["shapes-data", "--output_dir", str(tmp_path / "x"), "--size", "8"])
-    main(["shapes-data", "--output_dir", str(out), "--num_train", "2", "--num_validation", "0", "--num_test", "0",
-          "--overwrite"])  # fmt: skip
+    main(
+        [
+            "shapes-data",
+            "--output_dir",
+            str(out),
+            "--num_train",
+            "2",
+            "--num_validation",
+            "0",
+            "--num_test",
+            "0",
+            "--overwrite",
+        ]
+    )
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "train"]

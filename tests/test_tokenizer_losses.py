@@ -14,6 +14,7 @@ from PIL import Image
 from training_helpers import one_thread, shape_image  # noqa: F401 (one_thread: an autouse fixture)
 
 from diffusers_bit import BinaryLatentTokenizer
+from diffusers_bit.metrics.lpips import LPIPS, VGG16_CHANNELS, load_perceptual_model, vgg16_layout
 from diffusers_bit.presets import load_preset_config
 from diffusers_bit.training.data import SkipSample
 from diffusers_bit.training.discriminator import (
@@ -25,17 +26,14 @@ from diffusers_bit.training.discriminator import (
     hinge_discriminator_loss,
     hinge_generator_loss,
 )
-from diffusers_bit.training.perceptual import LPIPS, VGG16_CHANNELS, load_perceptual_model, vgg16_layout
-from diffusers_bit.training.tokenizer_stages import (
+from diffusers_bit.training.hub import render_tokenizer_card
+from diffusers_bit.training.tokenizer_data import (
     TokenizerImageProcessor,
     collate_tokenizer_images,
     decode_target,
-    last_decoder_layer,
-    perceptual_loss,
-    random_crops,
-    render_tokenizer_card,
     sample_decode_size,
 )
+from diffusers_bit.training.tokenizer_objectives import last_decoder_layer, perceptual_loss, random_crops
 
 TINY = {"channels": [4, 8, 8, 16, 16]}
 
@@ -77,10 +75,14 @@ def test_lpips_is_zero_for_identical_images_and_differentiable():
     assert torch.allclose(model(x, y), model(y, x.detach()), atol=1e-6)
     a_taps, b_taps = model._taps(x.detach()), model._taps(y)
     manual = sum(
-        (head.model[1].weight.view(1, -1, 1, 1) * (fa / (fa.norm(dim=1, keepdim=True) + 1e-10)
-                                                  - fb / (fb.norm(dim=1, keepdim=True) + 1e-10)).pow(2)).sum(1).mean((1, 2))
+        (
+            head.model[1].weight.view(1, -1, 1, 1)
+            * (fa / (fa.norm(dim=1, keepdim=True) + 1e-10) - fb / (fb.norm(dim=1, keepdim=True) + 1e-10)).pow(2)
+        )
+        .sum(1)
+        .mean((1, 2))
         for head, fa, fb in zip(model.heads, a_taps, b_taps)
-    )  # fmt: skip
+    )
     assert torch.allclose(model(x.detach(), y, reduction="none"), manual, atol=1e-6)
 
 
@@ -116,7 +118,7 @@ def test_lpips_loads_torchvision_and_lpips_key_layouts(tmp_path):
     assert all(torch.equal(state[k], v) for k, v in heads.items())
 
     # 2) a `vgg16().features` state dict ({i}.weight) loads the same
-    features_only = {k[len("features."):]: v for k, v in vgg.items() if k.startswith("features.")}
+    features_only = {k[len("features.") :]: v for k, v in vgg.items() if k.startswith("features.")}
     other = LPIPS()
     other.load_weights(features_only, {k.replace("lin", "lins.", 1): v for k, v in heads.items()})  # `lins.` alias
     assert all(torch.equal(other.state_dict()[k], v) for k, v in state.items())
@@ -253,15 +255,26 @@ def test_discriminator_save_load_and_backbone_from_a_local_folder(tmp_path):
     x = images(2, 40)
     assert torch.equal(loaded(x), disc(x))
     # a ViTModel folder (what `facebook/dino-vits16` is on the Hub) loads as the backbone by path
-    config = ViTConfig(hidden_size=24, num_hidden_layers=3, num_attention_heads=2, intermediate_size=48, image_size=32,
-                       patch_size=16)  # fmt: skip
+    config = ViTConfig(
+        hidden_size=24, num_hidden_layers=3, num_attention_heads=2, intermediate_size=48, image_size=32, patch_size=16
+    )
     ViTModel(config, add_pooling_layer=False).save_pretrained(tmp_path / "vit")
     backbone = build_backbone(str(tmp_path / "vit"))
     assert backbone.config.hidden_size == 24
     disc = DinoDiscriminator(backbone)
     assert disc.feature_layers == [0, 1, 2] and disc(x).shape == (2, 3 * 4)
-    (tmp_path / "vits.json").write_text(json.dumps({"hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
-                                                    "intermediate_size": 32, "image_size": 16, "patch_size": 8}))
+    (tmp_path / "vits.json").write_text(
+        json.dumps(
+            {
+                "hidden_size": 16,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 2,
+                "intermediate_size": 32,
+                "image_size": 16,
+                "patch_size": 8,
+            }
+        )
+    )
     assert build_backbone(str(tmp_path / "vits.json")).config.num_hidden_layers == 2
 
 
@@ -332,8 +345,9 @@ def test_processor_keeps_a_source_crop_and_targets_have_the_decode_size():
     assert sample["pixel_values"].shape == (3, 64, 64) and sample["pixel_values"].dtype == torch.float32
     assert sample["source"].shape == (3, 128, 128) and sample["source"].dtype == torch.uint8
     batch = collate_tokenizer_images([sample, processor({"image": shape_image(0, (150, 120))})])
-    assert decode_target(batch, 64, "cpu") is batch["pixel_values"] or torch.equal(decode_target(batch, 64, "cpu"),
-                                                                                   batch["pixel_values"])  # fmt: skip
+    assert decode_target(batch, 64, "cpu") is batch["pixel_values"] or torch.equal(
+        decode_target(batch, 64, "cpu"), batch["pixel_values"]
+    )
     for size in (96, 128):
         target = decode_target(batch, size, "cpu")
         assert target.shape == (2, 3, size, size) and target.min() >= -1 and target.max() <= 1
@@ -347,9 +361,20 @@ def test_processor_keeps_a_source_crop_and_targets_have_the_decode_size():
 
 def test_tokenizer_model_card_renders():
     tokenizer = BinaryLatentTokenizer.from_config(load_preset_config("tiny", "image_tokenizer"))
-    card = render_tokenizer_card(tokenizer, "me/tok", 2, {"data": "some images", "steps": 7,
-                                                          "hyperparameters": {"lr": 1}, "metrics": {"psnr": 20}})
+    card = render_tokenizer_card(
+        tokenizer,
+        "me/tok",
+        2,
+        {"data": "some images", "steps": 7, "hyperparameters": {"lr": 1}, "metrics": {"psnr": 20}},
+    )
     assert card.startswith("---\n") and "tokenizer-stage-2" in card
-    for expected in ("16 tokens of 16 bits (32 bytes)", "64x64, 96x96, 128x128", "**Steps:** 7", "| lr | 1 |",
-                     "| psnr | 20 |", "stage 2", 'BinaryLatentTokenizer.from_pretrained("me/tok")'):
+    for expected in (
+        "16 tokens of 16 bits (32 bytes)",
+        "64x64, 96x96, 128x128",
+        "**Steps:** 7",
+        "| lr | 1 |",
+        "| psnr | 20 |",
+        "stage 2",
+        'BinaryLatentTokenizer.from_pretrained("me/tok")',
+    ):
         assert expected in card, expected

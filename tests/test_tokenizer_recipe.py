@@ -13,7 +13,7 @@ from diffusers_bit import BinaryLatentTokenizer
 from diffusers_bit.evaluation import write_shapes_dataset
 from diffusers_bit.evaluation.reconstruction import evaluate_shapes_reconstruction, read_shapes_records
 from diffusers_bit.presets import load_preset_config
-from diffusers_bit.training.tokenizer_stages import foreground_weights, pixel_loss, reconstruction_losses
+from diffusers_bit.training.tokenizer_objectives import foreground_weights, pixel_loss, reconstruction_losses
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "training_scripts" / "recipes" / "shapes-64-tokenizer.args"
@@ -52,8 +52,9 @@ def test_foreground_weights_upweight_objects_and_keep_the_mean():
     loss_obj = pixel_loss(rec_obj, target, "mse", weights=weights)
     loss_bg = pixel_loss(rec_bg, target, "mse", weights=weights)
     assert loss_obj.item() == pytest.approx(5 * loss_bg.item())
-    loss, parts = reconstruction_losses(rec_obj, target, None, 2.0, 1.0, 0.0, None, None, np.random.default_rng(0),
-                                        "mse", 5.0, 0.1)  # fmt: skip
+    loss, parts = reconstruction_losses(
+        rec_obj, target, None, 2.0, 1.0, 0.0, None, None, np.random.default_rng(0), "mse", 5.0, 0.1
+    )
     torch.testing.assert_close(loss, 2 * loss_obj)
     assert set(parts) == {"mse"}
 
@@ -69,8 +70,17 @@ def _image_dir(tmp_path):
 
 def test_recipe_file_is_read_with_at_prefix_and_flags_after_it_win(tmp_path):
     _image_dir(tmp_path)
-    args = train_tokenizer.parse_args([f"@{RECIPE}", "--train_data_dir", str(tmp_path / "images"), "--output_dir",
-                                       str(tmp_path / "out"), "--max_train_steps", "7"])  # fmt: skip
+    args = train_tokenizer.parse_args(
+        [
+            f"@{RECIPE}",
+            "--train_data_dir",
+            str(tmp_path / "images"),
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--max_train_steps",
+            "7",
+        ]
+    )
     assert args.preset == "shapes-64" and args.pixel_loss == "mse" and args.perceptual_weight == 0
     assert args.foreground_weight == 3 and args.code_loss_weight == 0 and args.quantizer_temperature == 0.1
     assert args.lr_scheduler == "cosine" and args.max_train_steps == 7
@@ -133,8 +143,24 @@ def test_recipe_leaves_the_mean_image_plateau(shapes, tmp_path):
     data = tmp_path / "data"
     write_shapes_dataset(data, num_train=4000, num_validation=16, num_test=8, size=64, seed=1)
     validation = sorted(str(p) for p in (data / "validation").glob("*.png"))
-    results = run_in_process(train_tokenizer, [
-        f"@{RECIPE}", "--train_data_dir", str(data), "--output_dir", str(tmp_path / "out"), "--max_train_steps", "700",
-        "--checkpointing_steps", "10000", "--validation_steps", "700", "--report_to", "none", "--validation_images",
-        *validation])  # fmt: skip
+    results = run_in_process(
+        train_tokenizer,
+        [
+            f"@{RECIPE}",
+            "--train_data_dir",
+            str(data),
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--max_train_steps",
+            "700",
+            "--checkpointing_steps",
+            "10000",
+            "--validation_steps",
+            "700",
+            "--report_to",
+            "none",
+            "--validation_images",
+            *validation,
+        ],
+    )
     assert results["validation"]["val/psnr_64"] > 19.0, results["validation"]

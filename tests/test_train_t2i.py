@@ -25,12 +25,12 @@ from training_helpers import (  # noqa: F401 (one_thread: an autouse fixture)
     to_argv,
     weights,
 )
+from utils import tiny_bert_text_components
 
 from diffusers_bit import InstellaARPipeline, InstellaT2IPipeline
 from diffusers_bit.training import BatchDataset, ImageCaptionProcessor, LatentStore, build_source, collate_images
 from diffusers_bit.training.checkpointing import FAULT_ENV, latest_checkpoint
 from diffusers_bit.training.components import load_image_tokenizer, plan_components
-from utils import tiny_bert_text_components
 
 train_t2i = load_script("train_t2i")
 precompute = load_script("precompute_latents")
@@ -56,11 +56,19 @@ def images(workdir):
 
 def base_args(images, workdir, output_dir, **overrides):
     args = {
-        "--preset": "tiny", "--train_data_dir": images, "--resolution": 64, "--output_dir": output_dir,
-        "--train_batch_size": 2, "--max_train_steps": 4, "--seed": 0, "--report_to": "none",
-        "--lr_warmup_steps": 0, "--learning_rate": 1e-3, "--checkpointing_steps": 1000,
+        "--preset": "tiny",
+        "--train_data_dir": images,
+        "--resolution": 64,
+        "--output_dir": output_dir,
+        "--train_batch_size": 2,
+        "--max_train_steps": 4,
+        "--seed": 0,
+        "--report_to": "none",
+        "--lr_warmup_steps": 0,
+        "--learning_rate": 1e-3,
+        "--checkpointing_steps": 1000,
         "--cache_dir": workdir / "hf_cache",
-    }  # fmt: skip
+    }
     return to_argv({**args, **overrides})
 
 
@@ -78,7 +86,9 @@ def test_bad_flags_are_named_before_models_load(images, workdir, tmp_path, monke
     with pytest.raises(ValueError, match="--preset"):
         train_t2i.parse_args(base_args(images, workdir, tmp_path / "o", **{"--preset": None}))
     with pytest.raises(ValueError, match="--max_train_steps"):
-        train_t2i.parse_args(base_args(images, workdir, tmp_path / "o", **{"--streaming": True, "--max_train_steps": None}))
+        train_t2i.parse_args(
+            base_args(images, workdir, tmp_path / "o", **{"--streaming": True, "--max_train_steps": None})
+        )
     with pytest.raises(ValueError, match="--prompt_dropout"):
         train_t2i.parse_args(base_args(images, workdir, tmp_path / "o", **{"--prompt_dropout": 1.5}))
 
@@ -105,10 +115,20 @@ def test_bad_flags_are_named_before_models_load(images, workdir, tmp_path, monke
 @pytest.mark.parametrize("model", ["diffusion", "ar"])
 def test_generator_training_reduces_loss(images, workdir, tmp_path, model):
     out = tmp_path / model
-    results = train(base_args(images, workdir, out, **{
-        "--model": model, "--max_train_steps": 40, "--train_batch_size": 4, "--learning_rate": 3e-3,
-        "--prompt_dropout": 0.0,
-    }))  # fmt: skip
+    results = train(
+        base_args(
+            images,
+            workdir,
+            out,
+            **{
+                "--model": model,
+                "--max_train_steps": 40,
+                "--train_batch_size": 4,
+                "--learning_rate": 3e-3,
+                "--prompt_dropout": 0.0,
+            },
+        )
+    )
     losses = np.array([loss for _, loss in results["loss_history"]])
     assert len(losses) == 40 and np.isfinite(losses).all()
     first, last = losses[:5].mean(), losses[-5:].mean()
@@ -132,26 +152,61 @@ def test_components_from_a_pipeline_folder_and_any_text_encoder(images, workdir,
     # a trained pipeline is the source of the frozen components; without --preset its generator is fine-tuned
     source = tmp_path / "source"
     train(base_args(images, workdir, source, **{"--max_train_steps": 2}))
-    frozen = train(base_args(images, workdir, tmp_path / "finetune", **{
-        "--preset": None, "--pretrained_model_name_or_path": source, "--learning_rate": 0.0, "--max_train_steps": 2,
-    }))  # fmt: skip
+    frozen = train(
+        base_args(
+            images,
+            workdir,
+            tmp_path / "finetune",
+            **{
+                "--preset": None,
+                "--pretrained_model_name_or_path": source,
+                "--learning_rate": 0.0,
+                "--max_train_steps": 2,
+            },
+        )
+    )
     assert frozen["global_step"] == 2
     assert_same_weights(source / "transformer", tmp_path / "finetune" / "transformer")  # lr 0: unchanged start
     assert_same_weights(source / "text_encoder", tmp_path / "finetune" / "text_encoder")
     assert_same_weights(source / "image_tokenizer", tmp_path / "finetune" / "image_tokenizer")
     with pytest.raises(ValueError, match="no BinaryARTransformer"):
-        train(base_args(images, workdir, tmp_path / "x", **{"--preset": None, "--model": "ar",
-                                                            "--pretrained_model_name_or_path": source}))  # fmt: skip
+        train(
+            base_args(
+                images,
+                workdir,
+                tmp_path / "x",
+                **{"--preset": None, "--model": "ar", "--pretrained_model_name_or_path": source},
+            )
+        )
 
     # any transformers model with hidden states: a 3-layer BERT (width 24); the new generator adapts to it
     bert = tmp_path / "bert"
     AutoTokenizer.from_pretrained(str(preset_path("tiny") / "tokenizer")).save_pretrained(str(bert))
-    BertModel(BertConfig(vocab_size=260, hidden_size=24, num_hidden_layers=3, num_attention_heads=2,
-                         intermediate_size=48, max_position_embeddings=128)).save_pretrained(str(bert))  # fmt: skip
+    BertModel(
+        BertConfig(
+            vocab_size=260,
+            hidden_size=24,
+            num_hidden_layers=3,
+            num_attention_heads=2,
+            intermediate_size=48,
+            max_position_embeddings=128,
+        )
+    ).save_pretrained(str(bert))
     out = tmp_path / "with_bert"
-    train(base_args(images, workdir, out, **{"--model": "ar", "--text_encoder": bert, "--max_train_steps": 2,
-                                             "--pretrained_model_name_or_path": source,
-                                             "--cache_text_features": True}))  # fmt: skip
+    train(
+        base_args(
+            images,
+            workdir,
+            out,
+            **{
+                "--model": "ar",
+                "--text_encoder": bert,
+                "--max_train_steps": 2,
+                "--pretrained_model_name_or_path": source,
+                "--cache_text_features": True,
+            },
+        )
+    )
     pipe = InstellaARPipeline.from_pretrained(str(out))
     assert type(pipe.text_encoder).__name__ == "BertModel"
     assert (pipe.transformer.config.text_embed_dim, pipe.transformer.config.text_num_layers) == (24, 3)
@@ -184,8 +239,20 @@ def test_text_feature_cache_equals_batched_encoding_and_encodes_each_caption_onc
 # ----------------------------------------------------------------------------------------------------------------------
 def test_precomputed_latents_store_and_training(images, workdir, tmp_path):
     store_dir = tmp_path / "store"
-    common = ["--preset", "tiny", "--train_data_dir", images, "--resolution", 64, "--output_dir", store_dir,
-              "--batch_size", 3, "--cache_dir", workdir / "hf_cache"]  # fmt: skip
+    common = [
+        "--preset",
+        "tiny",
+        "--train_data_dir",
+        images,
+        "--resolution",
+        64,
+        "--output_dir",
+        store_dir,
+        "--batch_size",
+        3,
+        "--cache_dir",
+        workdir / "hf_cache",
+    ]
     header = run_precompute(common)
     assert header["num_images"] == 4 and header["bytes_per_image"] == 32  # 16 tokens x 16 bits (paper: 1024)
     assert (store_dir / "latents-00000.bin").stat().st_size == 4 * 32
@@ -193,7 +260,9 @@ def test_precomputed_latents_store_and_training(images, workdir, tmp_path):
     plan = plan_components("diffusion", preset="tiny", need_generator=False)
     tokenizer = load_image_tokenizer(plan)
     source = build_source(train_data_dir=str(images), cache_dir=str(workdir / "hf_cache"))
-    item = next(iter(BatchDataset(source, ImageCaptionProcessor(64, min_size=32), collate_images, 4, 0, 0, shuffle=False)))
+    item = next(
+        iter(BatchDataset(source, ImageCaptionProcessor(64, min_size=32), collate_images, 4, 0, 0, shuffle=False))
+    )
     with torch.no_grad():
         expected = tokenizer.encode(item["batch"]["pixel_values"], sample=False).bits
     store = LatentStore(store_dir)
@@ -206,17 +275,30 @@ def test_precomputed_latents_store_and_training(images, workdir, tmp_path):
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "mine.txt").write_text("user file")
     with pytest.raises(ValueError, match="not part of a latent store"):
-        run_precompute(common[:-4] + ["--output_dir", tmp_path / "notes", "--overwrite", "--cache_dir", workdir / "hf_cache"])
+        run_precompute(
+            common[:-4] + ["--output_dir", tmp_path / "notes", "--overwrite", "--cache_dir", workdir / "hf_cache"]
+        )
     assert run_precompute(common + ["--overwrite"])["num_images"] == 4
 
     # training from the store = training on the fly from the same images (same bits, order, captions, noise)
     # (the resolution comes from the store: the default 512 would not be a size of the tiny tokenizer)
-    from_store = train(base_args(images, workdir, tmp_path / "from_store", **{"--train_data_dir": None,
-                                                                             "--latents_dir": store_dir,
-                                                                             "--resolution": None}))  # fmt: skip
+    from_store = train(
+        base_args(
+            images,
+            workdir,
+            tmp_path / "from_store",
+            **{"--train_data_dir": None, "--latents_dir": store_dir, "--resolution": None},
+        )
+    )
     with pytest.raises(ValueError, match="--resolution 128 differs from the 64px"):
-        train(base_args(images, workdir, tmp_path / "x", **{"--train_data_dir": None, "--latents_dir": store_dir,
-                                                           "--resolution": 128}))  # fmt: skip
+        train(
+            base_args(
+                images,
+                workdir,
+                tmp_path / "x",
+                **{"--train_data_dir": None, "--latents_dir": store_dir, "--resolution": 128},
+            )
+        )
     on_the_fly = train(base_args(images, workdir, tmp_path / "on_the_fly"))
     assert from_store["loss_history"] == on_the_fly["loss_history"]
     assert_same_weights(tmp_path / "from_store" / "transformer", tmp_path / "on_the_fly" / "transformer")
@@ -235,7 +317,9 @@ def test_corrupt_images_are_skipped_and_counted(workdir, tmp_path, caplog):
     assert results["skipped"] == {"corrupt": 2, "too_small": 1}
     text = caplog.text
     assert "Skipped 3 unusable records in total (corrupt=2, too_small=1)" in text
-    assert "truncated.jpg: corrupt" in text and "not_an_image.jpg: corrupt" in text and "too_small.png: too_small" in text
+    assert (
+        "truncated.jpg: corrupt" in text and "not_an_image.jpg: corrupt" in text and "too_small.png: too_small" in text
+    )
     card = (out / "README.md").read_text()
     assert "corrupt=2, too_small=1" in card
 
@@ -245,10 +329,21 @@ def test_webdataset_and_streaming_hub_style_sources_train(workdir, tmp_path, ima
     results = train(base_args(shards, workdir, tmp_path / "wds_out", **{"--max_train_steps": 3}))
     assert results["global_step"] == 3 and not results["skipped"]
     # a data set name (here a local folder; a Hub id goes the same way) read as a stream by two workers
-    results = train(base_args(images, workdir, tmp_path / "stream_out", **{
-        "--train_data_dir": None, "--dataset_name": images, "--streaming": True, "--max_train_steps": 3,
-        "--dataloader_num_workers": 2, "--shuffle_buffer_size": 2,
-    }))  # fmt: skip
+    results = train(
+        base_args(
+            images,
+            workdir,
+            tmp_path / "stream_out",
+            **{
+                "--train_data_dir": None,
+                "--dataset_name": images,
+                "--streaming": True,
+                "--max_train_steps": 3,
+                "--dataloader_num_workers": 2,
+                "--shuffle_buffer_size": 2,
+            },
+        )
+    )
     assert results["global_step"] == 3
 
 
@@ -257,10 +352,19 @@ def test_webdataset_and_streaming_hub_style_sources_train(workdir, tmp_path, ima
 # ----------------------------------------------------------------------------------------------------------------------
 def test_gradient_checkpointing_is_exact_and_total_limit_prunes(images, workdir, tmp_path):
     plain = train(base_args(images, workdir, tmp_path / "plain", **{"--max_train_steps": 3}))
-    checkpointed = train(base_args(images, workdir, tmp_path / "gc", **{
-        "--max_train_steps": 3, "--gradient_checkpointing": True, "--checkpointing_steps": 1,
-        "--checkpoints_total_limit": 2,
-    }))  # fmt: skip
+    checkpointed = train(
+        base_args(
+            images,
+            workdir,
+            tmp_path / "gc",
+            **{
+                "--max_train_steps": 3,
+                "--gradient_checkpointing": True,
+                "--checkpointing_steps": 1,
+                "--checkpoints_total_limit": 2,
+            },
+        )
+    )
     assert plain["loss_history"] == checkpointed["loss_history"]
     assert_same_weights(tmp_path / "plain" / "transformer", tmp_path / "gc" / "transformer")
     assert sorted(p.name for p in (tmp_path / "gc").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
@@ -272,10 +376,22 @@ def test_validation_grid_is_logged_to_tensorboard(images, workdir, tmp_path, mod
     pytest.importorskip("tensorboard")
 
     out = tmp_path / "out"
-    train(base_args(images, workdir, out, **{
-        "--model": model, "--report_to": "tensorboard", "--max_train_steps": 2, "--validation_steps": 2,
-        "--use_ema": True, "--validation_prompts": ["a red disc", "a blue disc"], "--validation_inference_steps": 2,
-    }))  # fmt: skip
+    train(
+        base_args(
+            images,
+            workdir,
+            out,
+            **{
+                "--model": model,
+                "--report_to": "tensorboard",
+                "--max_train_steps": 2,
+                "--validation_steps": 2,
+                "--use_ema": True,
+                "--validation_prompts": ["a red disc", "a blue disc"],
+                "--validation_inference_steps": 2,
+            },
+        )
+    )
     assert list((out / "logs").rglob("events.out.tfevents.*"))
     tags = tensorboard_tags(out / "logs")
     assert any("validation" in tag for tag in tags.get("images", ())), tags
@@ -290,10 +406,20 @@ def test_validation_grid_is_logged_to_tensorboard(images, workdir, tmp_path, mod
 def test_push_to_hub_uploads_the_pipeline_with_card_and_without_checkpoints(images, workdir, tmp_path, monkeypatch):
     calls = fake_hub(monkeypatch)
     out = tmp_path / "my-model"
-    train(base_args(images, workdir, out, **{
-        "--max_train_steps": 4, "--checkpointing_steps": 2, "--push_to_hub": True, "--hub_model_id": "my-model",
-        "--use_ema": True,
-    }))  # fmt: skip
+    train(
+        base_args(
+            images,
+            workdir,
+            out,
+            **{
+                "--max_train_steps": 4,
+                "--checkpointing_steps": 2,
+                "--push_to_hub": True,
+                "--hub_model_id": "my-model",
+                "--use_ema": True,
+            },
+        )
+    )
 
     assert calls["create_repo"][0] == "my-model"
     upload = calls["upload_folder"]
@@ -303,15 +429,25 @@ def test_push_to_hub_uploads_the_pipeline_with_card_and_without_checkpoints(imag
     assert not [f for f in uploaded if f.startswith(("checkpoint-", ".tmp-", ".trash-"))]  # ...and are not uploaded
     assert "model_index.json" in uploaded and "README.md" in uploaded
     index = json.loads((out / "model_index.json").read_text())
-    components = [name for name, value in index.items() if isinstance(value, list)]
+    components = [name for name, value in index.items() if isinstance(value, list) and not name.startswith("_")]
     assert sorted(components) == ["image_tokenizer", "scheduler", "text_encoder", "tokenizer", "transformer"]
+    assert index["_class_name"] == ["diffusers_bit_pipeline", "InstellaT2IPipeline"]  # loads without the package too
+    assert "diffusers_bit_pipeline.py" in uploaded and "transformer/diffusers_bit_model.py" in uploaded
     for component in components:
         assert any(f.startswith(f"{component}/") for f in uploaded), component
     assert "transformer/diffusion_pytorch_model.safetensors" in uploaded
     readme = upload["readme"]
     assert "someone/my-model" in readme
-    for expected in ("## Training", "**Data:**", "**Steps:** 4", "| learning_rate | 0.001 |", "| EMA | decay 0.9999 |",
-                     "final train loss", "| images seen | 8 |", "InstellaT2IPipeline"):  # fmt: skip
+    for expected in (
+        "## Training",
+        "**Data:**",
+        "**Steps:** 4",
+        "| learning_rate | 0.001 |",
+        "| EMA | decay 0.9999 |",
+        "final train loss",
+        "| images seen | 8 |",
+        "InstellaT2IPipeline",
+    ):
         assert expected in readme, expected
 
 
@@ -326,9 +462,18 @@ def test_sigkill_and_resume_ends_with_identical_weights(images, workdir, tmp_pat
     """A run killed with SIGKILL (once after step 5, once while checkpoint 6 is half written) and restarted with
     `--resume_from_checkpoint latest` each time ends bit-identical to an uninterrupted run: weights, EMA, optimizer
     state, data order and every random draw."""
-    options = {"--max_train_steps": 8, "--checkpointing_steps": 3, "--train_batch_size": 3,
-               "--gradient_accumulation_steps": 2, "--use_ema": True, "--ema_decay": 0.9, "--lr_warmup_steps": 2,
-               "--dataloader_num_workers": 2, "--resume_from_checkpoint": "latest", "--seed": 1234}  # fmt: skip
+    options = {
+        "--max_train_steps": 8,
+        "--checkpointing_steps": 3,
+        "--train_batch_size": 3,
+        "--gradient_accumulation_steps": 2,
+        "--use_ema": True,
+        "--ema_decay": 0.9,
+        "--lr_warmup_steps": 2,
+        "--dataloader_num_workers": 2,
+        "--resume_from_checkpoint": "latest",
+        "--seed": 1234,
+    }
     reference = _run_script(base_args(images, workdir, tmp_path / "reference", **options))
     assert reference.returncode == 0, reference.stderr[-3000:]
 
@@ -355,16 +500,30 @@ def test_sigkill_and_resume_ends_with_identical_weights(images, workdir, tmp_pat
     assert optimizer_states_equal(ref / "checkpoint-6" / "optimizer.bin", out / "checkpoint-6" / "optimizer.bin")
     # the global RNG states accelerate saves (python, numpy, torch) and its accumulation counter match too
     assert_same_random_states(ref / "checkpoint-6", out / "checkpoint-6")
-    assert_same_training_state(ref / "checkpoint-6", out / "checkpoint-6",
-                               ("global_step", "epoch", "batch_in_epoch", "seed", "loss_ema", "images_seen"))  # fmt: skip
+    assert_same_training_state(
+        ref / "checkpoint-6",
+        out / "checkpoint-6",
+        ("global_step", "epoch", "batch_in_epoch", "seed", "loss_ema", "images_seen"),
+    )
     assert not list(out.glob(".tmp-*"))
 
 
 def test_two_process_cpu_accelerate_launch(images, workdir, tmp_path):
     out = tmp_path / "ddp"
-    result = launch_two_cpu_processes("train_t2i.py", base_args(images, workdir, out, **{
-        "--max_train_steps": 3, "--checkpointing_steps": 2, "--train_batch_size": 1,
-    }), timeout=300)  # fmt: skip
+    result = launch_two_cpu_processes(
+        "train_t2i.py",
+        base_args(
+            images,
+            workdir,
+            out,
+            **{
+                "--max_train_steps": 3,
+                "--checkpointing_steps": 2,
+                "--train_batch_size": 1,
+            },
+        ),
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     assert "DistributedType.MULTI_CPU" in result.stderr and "Num processes: 2" in result.stderr
     checkpoint = out / "checkpoint-2"
@@ -403,8 +562,14 @@ def test_accelerate_configs_describe_the_paper_setup():
 # ----------------------------------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_two_process_sigkill_and_resume_is_exact(images, workdir, tmp_path):
-    options = {"--max_train_steps": 6, "--checkpointing_steps": 2, "--train_batch_size": 1, "--use_ema": True,
-               "--resume_from_checkpoint": "latest", "--seed": 7}  # fmt: skip
+    options = {
+        "--max_train_steps": 6,
+        "--checkpointing_steps": 2,
+        "--train_batch_size": 1,
+        "--use_ema": True,
+        "--resume_from_checkpoint": "latest",
+        "--seed": 7,
+    }
     reference = launch_two_cpu_processes("train_t2i.py", base_args(images, workdir, tmp_path / "ref", **options))
     assert reference.returncode == 0, reference.stderr[-3000:]
     argv = base_args(images, workdir, tmp_path / "run", **options)
@@ -414,17 +579,32 @@ def test_two_process_sigkill_and_resume_is_exact(images, workdir, tmp_path):
     resumed = launch_two_cpu_processes("train_t2i.py", argv)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_weights(tmp_path / "ref" / "transformer", tmp_path / "run" / "transformer")
-    assert_same_weights(tmp_path / "ref" / "checkpoint-6" / "transformer", tmp_path / "run" / "checkpoint-6" / "transformer")
+    assert_same_weights(
+        tmp_path / "ref" / "checkpoint-6" / "transformer", tmp_path / "run" / "checkpoint-6" / "transformer"
+    )
 
 
 @pytest.mark.slow
 def test_two_process_precompute_writes_one_part_per_process(workdir, tmp_path):
     data = make_imagefolder(tmp_path / "data", num_images=5, corrupt=True)
     store_dir = tmp_path / "store"
-    result = launch_two_cpu_processes("precompute_latents.py", [
-        "--preset", "tiny", "--train_data_dir", data, "--resolution", 64, "--output_dir", store_dir, "--batch_size", 2,
-        "--cache_dir", workdir / "hf_cache",
-    ])  # fmt: skip
+    result = launch_two_cpu_processes(
+        "precompute_latents.py",
+        [
+            "--preset",
+            "tiny",
+            "--train_data_dir",
+            data,
+            "--resolution",
+            64,
+            "--output_dir",
+            store_dir,
+            "--batch_size",
+            2,
+            "--cache_dir",
+            workdir / "hf_cache",
+        ],
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     header = json.loads((store_dir / "header.json").read_text())
     assert len(header["parts"]) == 2 and header["num_images"] == 5

@@ -29,7 +29,7 @@ from training_helpers import (  # noqa: F401 (one_thread: an autouse fixture)
 
 from diffusers_bit import BinaryLatentTokenizer
 from diffusers_bit.training.checkpointing import FAULT_ENV, latest_checkpoint
-from diffusers_bit.training.tokenizer_stages import sample_decode_size
+from diffusers_bit.training.tokenizer_data import sample_decode_size
 
 train_tokenizer = load_script("train_tokenizer")
 
@@ -40,18 +40,37 @@ def train(argv):
 
 def tok_args(images, workdir, output_dir, **overrides):
     args = {
-        "--stage": 1, "--preset": "tiny", "--train_data_dir": images, "--resolution": 64, "--output_dir": output_dir,
-        "--train_batch_size": 4, "--max_train_steps": 4, "--seed": 0, "--report_to": "none", "--lr_warmup_steps": 0,
-        "--learning_rate": 1e-3, "--checkpointing_steps": 1000, "--validation_steps": 1000,
-        "--num_validation_images": 2, "--perceptual_model": "tiny", "--perceptual_size": 64, "--perceptual_crop": 32,
+        "--stage": 1,
+        "--preset": "tiny",
+        "--train_data_dir": images,
+        "--resolution": 64,
+        "--output_dir": output_dir,
+        "--train_batch_size": 4,
+        "--max_train_steps": 4,
+        "--seed": 0,
+        "--report_to": "none",
+        "--lr_warmup_steps": 0,
+        "--learning_rate": 1e-3,
+        "--checkpointing_steps": 1000,
+        "--validation_steps": 1000,
+        "--num_validation_images": 2,
+        "--perceptual_model": "tiny",
+        "--perceptual_size": 64,
+        "--perceptual_crop": 32,
         "--cache_dir": workdir / "hf_cache",
-    }  # fmt: skip
+    }
     return to_argv({**args, **overrides})
 
 
 def stage3_overrides(start, **extra):
-    return {"--stage": 3, "--preset": None, "--pretrained_model_name_or_path": start, "--discriminator_backbone": "tiny",
-            "--discriminator_head_channels": 16, **extra}  # fmt: skip
+    return {
+        "--stage": 3,
+        "--preset": None,
+        "--pretrained_model_name_or_path": start,
+        "--discriminator_backbone": "tiny",
+        "--discriminator_head_channels": 16,
+        **extra,
+    }
 
 
 def series(results, name):
@@ -85,10 +104,21 @@ def stage1(images, workdir):
 @pytest.fixture(scope="module")
 def stage2(images, workdir, stage1):
     out = workdir / "stage2"
-    results = train(tok_args(images, workdir, out, **{
-        "--stage": 2, "--preset": None, "--pretrained_model_name_or_path": stage1[0], "--max_train_steps": 40,
-        "--learning_rate": 2e-3, "--lr_warmup_steps": 5,
-    }))  # fmt: skip
+    results = train(
+        tok_args(
+            images,
+            workdir,
+            out,
+            **{
+                "--stage": 2,
+                "--preset": None,
+                "--pretrained_model_name_or_path": stage1[0],
+                "--max_train_steps": 40,
+                "--learning_rate": 2e-3,
+                "--lr_warmup_steps": 5,
+            },
+        )
+    )
     return out, results
 
 
@@ -115,8 +145,9 @@ def test_bad_flags_are_named_before_models_load(images, workdir, tmp_path, monke
         train_tokenizer.parse_args(tok_args(images, workdir, out, **{"--discriminator_start_step": 5}))
     with pytest.raises(ValueError, match="--max_train_steps"):
         train_tokenizer.parse_args(tok_args(images, workdir, out, **{"--streaming": True, "--max_train_steps": None}))
-    assert train_tokenizer.parse_args(tok_args(images, workdir, out, **{"--perceptual_model": None,
-                                                                        "--perceptual_weight": 0}))  # fmt: skip
+    assert train_tokenizer.parse_args(
+        tok_args(images, workdir, out, **{"--perceptual_model": None, "--perceptual_weight": 0})
+    )
 
     def no_models(*args, **kwargs):
         raise AssertionError("models were loaded before the flags were checked")
@@ -171,13 +202,18 @@ def test_stage2_decodes_at_several_resolutions(stage2):
     assert (series(results, "target_size") == sizes).all()  # the targets have the decode size
     assert results["decode_sizes_seen"] == dict(Counter(sizes.tolist()))
     by_size = loss_by_size(results)
-    print("stage 2: reconstruction loss by size " + ", ".join(f"{s}px {a:.3f} -> {b:.3f}" for s, (a, b) in
-          by_size.items()) + f"; sizes {dict(Counter(sizes.tolist()))}; {results['steps_per_second']:.1f} steps/s")
+    print(
+        "stage 2: reconstruction loss by size "
+        + ", ".join(f"{s}px {a:.3f} -> {b:.3f}" for s, (a, b) in by_size.items())
+        + f"; sizes {dict(Counter(sizes.tolist()))}; {results['steps_per_second']:.1f} steps/s"
+    )
     first, last = (np.mean([v[i] for v in by_size.values()]) for i in (0, 1))
     assert last < 0.95 * first, by_size  # the loss averaged over decode sizes drops
     for size in (96, 128):  # the decoder learns the sizes stage 1 never produced...
         assert by_size[size][1] < 0.95 * by_size[size][0], (size, by_size)
-    assert by_size[64][1] < 1.15 * by_size[64][0], by_size  # ...while keeping the encoder size (a tiny model trades a bit)
+    assert by_size[64][1] < 1.15 * by_size[64][0], (
+        by_size
+    )  # ...while keeping the encoder size (a tiny model trades a bit)
     assert results["temperature"] == 0.1
     assert BinaryLatentTokenizer.from_pretrained(str(out)).config.quantizer_temperature == 0.1
     assert {f"val/psnr_{s}" for s in (64, 96, 128)} <= set(results["validation"])
@@ -186,9 +222,22 @@ def test_stage2_decodes_at_several_resolutions(stage2):
 def test_stage3_freezes_the_encoder_and_starts_the_discriminator_late(images, workdir, tmp_path, stage2):
     start = stage2[0]
     out = tmp_path / "stage3"
-    results = train(tok_args(images, workdir, out, **stage3_overrides(start, **{
-        "--max_train_steps": 24, "--discriminator_start_step": 4, "--checkpointing_steps": 2, "--lr_warmup_steps": 4,
-    })))  # fmt: skip
+    results = train(
+        tok_args(
+            images,
+            workdir,
+            out,
+            **stage3_overrides(
+                start,
+                **{
+                    "--max_train_steps": 24,
+                    "--discriminator_start_step": 4,
+                    "--checkpointing_steps": 2,
+                    "--lr_warmup_steps": 4,
+                },
+            ),
+        )
+    )
     # the encoder is bit-identical to the stage-2 one; decoder, quantizer and pixel head trained
     assert_same_weights(start, out, prefix="encoder.")
     assert changed(start, out, "decoder.") and changed(start, out, "quantizer.") and changed(start, out, "pixel_head.")
@@ -205,10 +254,13 @@ def test_stage3_freezes_the_encoder_and_starts_the_discriminator_late(images, wo
     by_size = loss_by_size(results)
     assert set(by_size) == {64, 96, 128}
     d_loss = [h["d_loss"] for h in history[4:]]
-    print("stage 3: reconstruction loss by size " + ", ".join(f"{s}px {a:.3f} -> {b:.3f}" for s, (a, b) in
-          by_size.items()) + f"; adaptive weight {history[4]['adaptive_weight']:.3f} -> "
-          f"{history[-1]['adaptive_weight']:.3f}; d_loss {np.mean(d_loss[:4]):.3f} -> {np.mean(d_loss[-4:]):.3f}; "
-          f"{results['steps_per_second']:.1f} steps/s")  # fmt: skip
+    print(
+        "stage 3: reconstruction loss by size "
+        + ", ".join(f"{s}px {a:.3f} -> {b:.3f}" for s, (a, b) in by_size.items())
+        + f"; adaptive weight {history[4]['adaptive_weight']:.3f} -> "
+        f"{history[-1]['adaptive_weight']:.3f}; d_loss {np.mean(d_loss[:4]):.3f} -> {np.mean(d_loss[-4:]):.3f}; "
+        f"{results['steps_per_second']:.1f} steps/s"
+    )
     first, last = (np.mean([v[i] for v in by_size.values()]) for i in (0, 1))
     assert last < first, by_size
     assert any(b < 0.95 * a for a, b in by_size.values()), by_size
@@ -230,13 +282,32 @@ def test_stage3_freezes_the_encoder_and_starts_the_discriminator_late(images, wo
 def test_gradient_checkpointing_is_exact_and_validation_is_logged(images, workdir, tmp_path, stage1):
     pytest.importorskip("tensorboard")
 
-    common = {"--stage": 2, "--preset": None, "--pretrained_model_name_or_path": stage1[0], "--max_train_steps": 4,
-              "--gradient_accumulation_steps": 2, "--train_batch_size": 2, "--use_ema": True, "--ema_decay": 0.9}
+    common = {
+        "--stage": 2,
+        "--preset": None,
+        "--pretrained_model_name_or_path": stage1[0],
+        "--max_train_steps": 4,
+        "--gradient_accumulation_steps": 2,
+        "--train_batch_size": 2,
+        "--use_ema": True,
+        "--ema_decay": 0.9,
+    }
     plain = train(tok_args(images, workdir, tmp_path / "plain", **common))
-    checkpointed = train(tok_args(images, workdir, tmp_path / "gc", **{
-        **common, "--gradient_checkpointing": True, "--checkpointing_steps": 1, "--checkpoints_total_limit": 2,
-        "--report_to": "tensorboard", "--validation_steps": 2,
-    }))  # fmt: skip
+    checkpointed = train(
+        tok_args(
+            images,
+            workdir,
+            tmp_path / "gc",
+            **{
+                **common,
+                "--gradient_checkpointing": True,
+                "--checkpointing_steps": 1,
+                "--checkpoints_total_limit": 2,
+                "--report_to": "tensorboard",
+                "--validation_steps": 2,
+            },
+        )
+    )
     assert plain["loss_history"] == checkpointed["loss_history"]
     assert_same_weights(tmp_path / "plain", tmp_path / "gc")
     out = tmp_path / "gc"
@@ -254,9 +325,22 @@ def test_stage3_with_bf16_mixed_precision(images, workdir, tmp_path, stage2):
     """The paper trains in bf16: autocast over the tokenizer, LPIPS, the discriminator and the adaptive weight; the
     saved tokenizer keeps float32 master weights."""
     out = tmp_path / "bf16"
-    results = train(tok_args(images, workdir, out, **stage3_overrides(stage2[0], **{
-        "--max_train_steps": 3, "--mixed_precision": "bf16", "--use_ema": True, "--gradient_checkpointing": True,
-    })))  # fmt: skip
+    results = train(
+        tok_args(
+            images,
+            workdir,
+            out,
+            **stage3_overrides(
+                stage2[0],
+                **{
+                    "--max_train_steps": 3,
+                    "--mixed_precision": "bf16",
+                    "--use_ema": True,
+                    "--gradient_checkpointing": True,
+                },
+            ),
+        )
+    )
     assert results["global_step"] == 3 and results["discriminator_steps"] == 3
     assert all(np.isfinite(h["loss"]) and np.isfinite(h["d_loss"]) for h in results["history"])
     assert BinaryLatentTokenizer.from_pretrained(str(out)).dtype == torch.float32
@@ -279,18 +363,42 @@ def test_caption_free_folders_corrupt_images_and_other_formats(workdir, tmp_path
     results = train(tok_args(shards, workdir, tmp_path / "wds_out", **{"--stage": 2, "--max_train_steps": 3}))
     assert results["global_step"] == 3 and not results["skipped"]
     images = make_imagefolder(tmp_path / "captioned", num_images=4)
-    results = train(tok_args(images, workdir, tmp_path / "stream_out", **{
-        "--train_data_dir": None, "--dataset_name": images, "--streaming": True, "--max_train_steps": 3,
-        "--dataloader_num_workers": 2, "--shuffle_buffer_size": 2, "--train_batch_size": 2,
-    }))  # fmt: skip
+    results = train(
+        tok_args(
+            images,
+            workdir,
+            tmp_path / "stream_out",
+            **{
+                "--train_data_dir": None,
+                "--dataset_name": images,
+                "--streaming": True,
+                "--max_train_steps": 3,
+                "--dataloader_num_workers": 2,
+                "--shuffle_buffer_size": 2,
+                "--train_batch_size": 2,
+            },
+        )
+    )
     assert results["global_step"] == 3
 
 
 def test_push_to_hub_uploads_the_tokenizer_with_card_and_without_checkpoints(images, workdir, tmp_path, monkeypatch):
     calls = fake_hub(monkeypatch)
     out = tmp_path / "my-tokenizer"
-    train(tok_args(images, workdir, out, **{"--max_train_steps": 4, "--checkpointing_steps": 2, "--push_to_hub": True,
-                                            "--hub_model_id": "my-tokenizer", "--use_ema": True}))  # fmt: skip
+    train(
+        tok_args(
+            images,
+            workdir,
+            out,
+            **{
+                "--max_train_steps": 4,
+                "--checkpointing_steps": 2,
+                "--push_to_hub": True,
+                "--hub_model_id": "my-tokenizer",
+                "--use_ema": True,
+            },
+        )
+    )
     assert calls["create_repo"][0] == "my-tokenizer"
     upload = calls["upload_folder"]
     assert upload["repo_id"] == "someone/my-tokenizer"
@@ -300,10 +408,21 @@ def test_push_to_hub_uploads_the_tokenizer_with_card_and_without_checkpoints(ima
     assert {"config.json", "diffusion_pytorch_model.safetensors", "README.md"} <= set(uploaded)
     assert json.loads((out / "config.json").read_text())["_class_name"] == "BinaryLatentTokenizer"
     readme = upload["readme"]
-    for expected in ("someone/my-tokenizer", "tokenizer-stage-1", "**tokenizer training stage 1**", "## Training",
-                     "**Data:** local data `images`, 4 records", "**Steps:** 4", "| learning_rate | 0.001 |",
-                     "| quantizer temperature | 0.5 |", "| EMA | decay 0.9999 |", "final reconstruction loss",
-                     "| images seen | 16 |", "validation psnr_64", "perceptual (LPIPS-VGG)"):  # fmt: skip
+    for expected in (
+        "someone/my-tokenizer",
+        "tokenizer-stage-1",
+        "**tokenizer training stage 1**",
+        "## Training",
+        "**Data:** local data `images`, 4 records",
+        "**Steps:** 4",
+        "| learning_rate | 0.001 |",
+        "| quantizer temperature | 0.5 |",
+        "| EMA | decay 0.9999 |",
+        "final reconstruction loss",
+        "| images seen | 16 |",
+        "validation psnr_64",
+        "perceptual (LPIPS-VGG)",
+    ):
         assert expected in readme, expected
 
 
@@ -329,41 +448,69 @@ def _kill_and_resume(reference_argv, argv, out, kill_step, save_step, first_chec
 
 
 def test_stage1_sigkill_and_resume_ends_with_identical_weights(images, workdir, tmp_path):
-    options = {"--max_train_steps": 8, "--checkpointing_steps": 3, "--train_batch_size": 3,
-               "--gradient_accumulation_steps": 2, "--use_ema": True, "--ema_decay": 0.9, "--lr_warmup_steps": 2,
-               "--resume_from_checkpoint": "latest", "--seed": 1234, "--num_validation_images": 0}  # fmt: skip
+    options = {
+        "--max_train_steps": 8,
+        "--checkpointing_steps": 3,
+        "--train_batch_size": 3,
+        "--gradient_accumulation_steps": 2,
+        "--use_ema": True,
+        "--ema_decay": 0.9,
+        "--lr_warmup_steps": 2,
+        "--resume_from_checkpoint": "latest",
+        "--seed": 1234,
+        "--num_validation_images": 0,
+    }
     ref, out = tmp_path / "reference", tmp_path / "interrupted"
-    _kill_and_resume(tok_args(images, workdir, ref, **options), tok_args(images, workdir, out, **options), out, 5, 6,
-                     "checkpoint-3")  # fmt: skip
+    _kill_and_resume(
+        tok_args(images, workdir, ref, **options), tok_args(images, workdir, out, **options), out, 5, 6, "checkpoint-3"
+    )
     assert_same_weights(ref, out)  # the final tokenizer (EMA weights)
     for name in ("tokenizer", "tokenizer_ema"):
         assert_same_weights(ref / "checkpoint-6" / name, out / "checkpoint-6" / name)
     assert optimizer_states_equal(ref / "checkpoint-6" / "optimizer.bin", out / "checkpoint-6" / "optimizer.bin")
     assert_same_random_states(ref / "checkpoint-6", out / "checkpoint-6")
-    assert_same_training_state(ref / "checkpoint-6", out / "checkpoint-6",
-                               ("global_step", "epoch", "batch_in_epoch", "seed", "loss_ema", "images_seen"))  # fmt: skip
+    assert_same_training_state(
+        ref / "checkpoint-6",
+        out / "checkpoint-6",
+        ("global_step", "epoch", "batch_in_epoch", "seed", "loss_ema", "images_seen"),
+    )
     assert not list(out.glob(".tmp-*"))
 
 
 def test_stage3_sigkill_and_resume_ends_with_identical_weights(images, workdir, tmp_path, stage2):
     """The most stateful stage: tokenizer + EMA + discriminator, two optimizers and schedulers, per-step decode sizes,
     random perceptual crops and quantizer noise, the discriminator starting mid-run."""
-    options = stage3_overrides(stage2[0], **{
-        "--max_train_steps": 8, "--checkpointing_steps": 3, "--train_batch_size": 3, "--gradient_accumulation_steps": 2,
-        "--use_ema": True, "--ema_decay": 0.9, "--lr_warmup_steps": 2, "--discriminator_start_step": 2,
-        "--resume_from_checkpoint": "latest", "--seed": 99, "--num_validation_images": 0,
-    })  # fmt: skip
+    options = stage3_overrides(
+        stage2[0],
+        **{
+            "--max_train_steps": 8,
+            "--checkpointing_steps": 3,
+            "--train_batch_size": 3,
+            "--gradient_accumulation_steps": 2,
+            "--use_ema": True,
+            "--ema_decay": 0.9,
+            "--lr_warmup_steps": 2,
+            "--discriminator_start_step": 2,
+            "--resume_from_checkpoint": "latest",
+            "--seed": 99,
+            "--num_validation_images": 0,
+        },
+    )
     ref, out = tmp_path / "reference", tmp_path / "interrupted"
-    _kill_and_resume(tok_args(images, workdir, ref, **options), tok_args(images, workdir, out, **options), out, 5, 6,
-                     "checkpoint-3")  # fmt: skip
+    _kill_and_resume(
+        tok_args(images, workdir, ref, **options), tok_args(images, workdir, out, **options), out, 5, 6, "checkpoint-3"
+    )
     assert_same_weights(ref, out)
     for name in ("tokenizer", "tokenizer_ema", "discriminator"):
         assert_same_weights(ref / "checkpoint-6" / name, out / "checkpoint-6" / name)
     for name in ("optimizer.bin", "optimizer_1.bin"):  # tokenizer's and discriminator's AdamW
         assert optimizer_states_equal(ref / "checkpoint-6" / name, out / "checkpoint-6" / name), name
     assert_same_random_states(ref / "checkpoint-6", out / "checkpoint-6")
-    state_a = assert_same_training_state(ref / "checkpoint-6", out / "checkpoint-6", (
-        "global_step", "batch_in_epoch", "loss_ema", "d_loss_ema", "decode_sizes_seen", "discriminator_steps"))  # fmt: skip
+    state_a = assert_same_training_state(
+        ref / "checkpoint-6",
+        out / "checkpoint-6",
+        ("global_step", "batch_in_epoch", "loss_ema", "d_loss_ema", "decode_sizes_seen", "discriminator_steps"),
+    )
     assert len(state_a["decode_sizes_seen"]) > 1
     # the discriminator did change during the run (so its equality above means something)
     assert changed(ref / "checkpoint-3" / "discriminator", ref / "checkpoint-6" / "discriminator", "heads.")
@@ -375,9 +522,23 @@ def test_stage3_sigkill_and_resume_ends_with_identical_weights(images, workdir, 
 @pytest.mark.slow
 def test_two_process_stage3_runs_with_ddp(images, workdir, tmp_path, stage2):
     out = tmp_path / "ddp"
-    result = launch_two_cpu_processes("train_tokenizer.py", tok_args(images, workdir, out, **stage3_overrides(stage2[0], **{
-        "--max_train_steps": 4, "--checkpointing_steps": 2, "--train_batch_size": 2, "--discriminator_start_step": 1,
-    })))  # fmt: skip
+    result = launch_two_cpu_processes(
+        "train_tokenizer.py",
+        tok_args(
+            images,
+            workdir,
+            out,
+            **stage3_overrides(
+                stage2[0],
+                **{
+                    "--max_train_steps": 4,
+                    "--checkpointing_steps": 2,
+                    "--train_batch_size": 2,
+                    "--discriminator_start_step": 1,
+                },
+            ),
+        ),
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     assert "DistributedType.MULTI_CPU" in result.stderr and "Num processes: 2" in result.stderr
     for rank in (0, 1):

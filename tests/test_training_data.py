@@ -61,9 +61,15 @@ def test_min_size_filter_is_half_resolution():
 
 @pytest.mark.parametrize(
     "value, reason",
-    [(truncated_jpeg(), "corrupt"), (b"not an image", "corrupt"), ({"bytes": None, "path": None}, "missing_image"),
-     (None, "missing_image"), ({"bytes": b"\x89PNG\r\n\x1a\n broken", "path": None}, "corrupt"), (3.5, "corrupt")],
-)  # fmt: skip
+    [
+        (truncated_jpeg(), "corrupt"),
+        (b"not an image", "corrupt"),
+        ({"bytes": None, "path": None}, "missing_image"),
+        (None, "missing_image"),
+        ({"bytes": b"\x89PNG\r\n\x1a\n broken", "path": None}, "corrupt"),
+        (3.5, "corrupt"),
+    ],
+)
 def test_unreadable_images_raise_skip(value, reason):
     with pytest.raises(SkipSample) as info:
         load_image(value)
@@ -76,8 +82,16 @@ def test_load_image_accepts_every_form_and_converts_to_rgb(tmp_path):
     gray = Image.new("L", (8, 8), 100)
     path = tmp_path / "x.png"
     rgba.save(path)
-    for value in (rgba, palette, gray, encode(rgba, "PNG"), {"bytes": encode(gray, "PNG"), "path": None},
-                  {"bytes": None, "path": str(path)}, str(path), np.zeros((4, 5, 3), np.uint8)):  # fmt: skip
+    for value in (
+        rgba,
+        palette,
+        gray,
+        encode(rgba, "PNG"),
+        {"bytes": encode(gray, "PNG"), "path": None},
+        {"bytes": None, "path": str(path)},
+        str(path),
+        np.zeros((4, 5, 3), np.uint8),
+    ):
         assert load_image(value).mode == "RGB"
 
 
@@ -96,8 +110,9 @@ def test_select_caption():
 # Sources
 # ----------------------------------------------------------------------------------------------------------------------
 def _all_items(source, batch_size=2, **kwargs):
-    dataset = BatchDataset(source, ImageCaptionProcessor(64, min_size=32), collate_images, batch_size, seed=0, epoch=0,
-                           **kwargs)  # fmt: skip
+    dataset = BatchDataset(
+        source, ImageCaptionProcessor(64, min_size=32), collate_images, batch_size, seed=0, epoch=0, **kwargs
+    )
     return list(dataset)
 
 
@@ -148,8 +163,12 @@ def test_parquet_source(tmp_path):
     (tmp_path / "pq").mkdir()
     table.to_parquet(str(tmp_path / "pq" / "part-0.parquet"))
     assert detect_local_format(tmp_path / "pq") == "parquet"
-    source = build_source(train_data_dir=str(tmp_path / "pq"), image_column="jpg", caption_column="prompt",
-                          cache_dir=str(tmp_path / "cache"))  # fmt: skip
+    source = build_source(
+        train_data_dir=str(tmp_path / "pq"),
+        image_column="jpg",
+        caption_column="prompt",
+        cache_dir=str(tmp_path / "cache"),
+    )
     processor = ImageCaptionProcessor(64, "jpg", "prompt", 32)
     items = list(BatchDataset(source, processor, collate_images, 3, seed=0, epoch=0, shuffle=False))
     assert items[0]["num_valid"] == 3 and items[0]["batch"]["pixel_values"].shape == (3, 3, 64, 64)
@@ -167,22 +186,30 @@ def test_webdataset_indexed_and_streamed_agree(tmp_path):
     a = list(BatchDataset(indexed, processor, collate_images, 6, seed=0, epoch=0))
     b = [i for i in BatchDataset(streamed, processor, collate_images, 6, seed=0, epoch=0) if not i["end"]]
     assert a[0]["num_valid"] == b[0]["num_valid"] == 6
-    assert sorted(a[0]["batch"]["captions"]) == sorted(b[0]["batch"]["captions"]) == sorted(caption(i) for i in range(6))
+    assert (
+        sorted(a[0]["batch"]["captions"]) == sorted(b[0]["batch"]["captions"]) == sorted(caption(i) for i in range(6))
+    )
 
 
 def test_truncated_webdataset_shard_keeps_earlier_records(tmp_path):
     root = make_webdataset(tmp_path / "wds", shards=2, per_shard=4, truncate_last=True)
     indexed = build_source(train_data_dir=str(root))
     assert [p.rsplit("/", 1)[-1] for p in indexed.broken_shards] == ["shard-0001.tar"]
-    items = list(BatchDataset(indexed, ImageCaptionProcessor(64, min_size=32), collate_images, 16, seed=0, epoch=0,
-                              fill_incomplete=False))  # fmt: skip
+    items = list(
+        BatchDataset(
+            indexed, ImageCaptionProcessor(64, min_size=32), collate_images, 16, seed=0, epoch=0, fill_incomplete=False
+        )
+    )
     valid, skipped = items[0]["num_valid"], items[0]["skipped"]
     assert 4 <= valid < 8  # the intact shard and the records before the damage
     assert skipped["corrupt_shard"] == 1  # the damage is counted, never raised
     assert valid + sum(skipped.values()) == len(indexed)
     streamed = build_source(train_data_dir=str(root), streaming=True)
-    stream_items = list(BatchDataset(streamed, ImageCaptionProcessor(64, min_size=32), collate_images, 2, seed=0,
-                                     epoch=0, stream_drop_last=False))  # fmt: skip
+    stream_items = list(
+        BatchDataset(
+            streamed, ImageCaptionProcessor(64, min_size=32), collate_images, 2, seed=0, epoch=0, stream_drop_last=False
+        )
+    )
     assert 4 <= sum(i["num_valid"] for i in stream_items) < 8
     assert sum(i["skipped"].get("corrupt_shard", 0) for i in stream_items) == 1
 
@@ -248,7 +275,9 @@ def test_map_resume_skips_consumed_batches(workers):
     full = _loader_items(BatchDataset(source, _process, _collate, 3, seed=5, epoch=2), workers)
     assert [index for index, _ in full] == list(range(len(full)))
     for start in (1, 4, len(full)):
-        resumed = _loader_items(BatchDataset(source, _process, _collate, 3, seed=5, epoch=2, start_index=start), workers)
+        resumed = _loader_items(
+            BatchDataset(source, _process, _collate, 3, seed=5, epoch=2, start_index=start), workers
+        )
         assert resumed == full[start:]
     # workers do not change the order
     assert full == _loader_items(BatchDataset(source, _process, _collate, 3, seed=5, epoch=2), 0)
@@ -256,8 +285,10 @@ def test_map_resume_skips_consumed_batches(workers):
 
 def test_map_processes_get_disjoint_equal_shares():
     source = ListSource(22)  # not a multiple of 3 processes: padded by wrapping around
-    shares = [BatchDataset(source, _process, _collate, 4, 0, 0, process_index=p, num_processes=3).process_indices()
-              for p in range(3)]  # fmt: skip
+    shares = [
+        BatchDataset(source, _process, _collate, 4, 0, 0, process_index=p, num_processes=3).process_indices()
+        for p in range(3)
+    ]
     assert len({len(s) for s in shares}) == 1
     together = np.concatenate(shares)
     assert set(together.tolist()) == set(range(22)) and len(together) == 24
@@ -269,7 +300,9 @@ def test_stream_resume_is_exact(workers):
     full = _loader_items(BatchDataset(stream, _process, _collate, 4, seed=1, epoch=3), workers)
     assert full and [index for index, _ in full] == list(range(len(full)))
     for start in (1, 3):
-        resumed = _loader_items(BatchDataset(stream, _process, _collate, 4, seed=1, epoch=3, start_index=start), workers)
+        resumed = _loader_items(
+            BatchDataset(stream, _process, _collate, 4, seed=1, epoch=3, start_index=start), workers
+        )
         assert resumed == full[start:]
 
 
@@ -322,8 +355,9 @@ def test_latent_store_refuses_incomplete_or_inconsistent(tmp_path):
 def test_latent_store_in_dataloader_workers(tmp_path):
     bits, _ = _write_store(tmp_path / "store", parts=[7], tokens=16, bits=16)
     store = LatentStore(tmp_path / "store")
-    dataset = BatchDataset(store, process_latent_record, collate_latents, 3, seed=0, epoch=0, shuffle=False,
-                           fill_incomplete=False)  # fmt: skip
+    dataset = BatchDataset(
+        store, process_latent_record, collate_latents, 3, seed=0, epoch=0, shuffle=False, fill_incomplete=False
+    )
     loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=2, collate_fn=identity_collate)
     got = torch.cat([unpack_bits(item["batch"]["packed"], 16, 16) for item in loader])
     assert torch.equal(got, bits)
@@ -355,8 +389,10 @@ def test_streamed_imagefolder_resume_is_exact(tmp_path, workers):
     def run(start):
         dataset = BatchDataset(source, processor, collate_images, 2, seed=3, epoch=1, start_index=start)
         loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers, collate_fn=identity_collate)
-        return [(i["index"], i["num_valid"], None if i["batch"] is None else i["batch"]["captions"], i["skipped"])
-                for i in synchronized_items(loader)]  # fmt: skip
+        return [
+            (i["index"], i["num_valid"], None if i["batch"] is None else i["batch"]["captions"], i["skipped"])
+            for i in synchronized_items(loader)
+        ]
 
     full = run(0)
     assert len(full) >= 2

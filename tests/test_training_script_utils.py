@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from diffusers_bit.training import BatchDataset, MapSource, SkipSample, SkipStats, script_utils
+from diffusers_bit.training import BatchDataset, MapSource, SkipSample, SkipStats, loop, script_utils
 
 
 def parse(argv=()):
@@ -31,17 +31,28 @@ def parse(argv=()):
 
 def test_shared_flags_defaults_and_checks():
     parser, args = parse()
-    defaults = {"learning_rate": 1e-4, "lr_scheduler": "constant_with_warmup", "lr_warmup_steps": 1000,
-                "max_grad_norm": 1.0, "ema_decay": 0.9999, "tracker_project_name": "my_script", "report_to": "tensorboard",
-                "checkpointing_steps": 500, "resume_from_checkpoint": None, "mixed_precision": None}  # fmt: skip
+    defaults = {
+        "learning_rate": 1e-4,
+        "lr_scheduler": "constant_with_warmup",
+        "lr_warmup_steps": 1000,
+        "max_grad_norm": 1.0,
+        "ema_decay": 0.9999,
+        "tracker_project_name": "my_script",
+        "report_to": "tensorboard",
+        "checkpointing_steps": 500,
+        "resume_from_checkpoint": None,
+        "mixed_precision": None,
+    }
     assert {name: getattr(args, name) for name in defaults} == defaults
     help_text = parser.format_help()
     assert "schedule help" in help_text and "ema help" in help_text
     script_utils.check_common_args(args)
-    for argv, message in ((["--gradient_accumulation_steps", "0"], "--gradient_accumulation_steps must be >= 1, got 0"),
-                          (["--checkpoints_total_limit", "0"], "--checkpoints_total_limit must be >= 1, got 0"),
-                          (["--lr_warmup_steps", "-1"], "--lr_warmup_steps must be >= 0, got -1"),
-                          (["--streaming"], "--streaming needs --max_train_steps")):  # fmt: skip
+    for argv, message in (
+        (["--gradient_accumulation_steps", "0"], "--gradient_accumulation_steps must be >= 1, got 0"),
+        (["--checkpoints_total_limit", "0"], "--checkpoints_total_limit must be >= 1, got 0"),
+        (["--lr_warmup_steps", "-1"], "--lr_warmup_steps must be >= 0, got -1"),
+        (["--streaming"], "--streaming needs --max_train_steps"),
+    ):
         with pytest.raises(ValueError, match=message):
             script_utils.check_common_args(parse(argv)[1])
     with pytest.raises(ValueError, match="--max_grad_norm must be >= 0"):
@@ -54,9 +65,20 @@ def test_shared_flags_defaults_and_checks():
 def test_common_hyperparameters_keep_the_card_order():
     args = parse(["--use_ema"])[1]
     table = script_utils.common_hyperparameters(args, SimpleNamespace(num_processes=2, mixed_precision="bf16"), 32)
-    assert list(table) == ["learning_rate", "lr_scheduler", "lr_warmup_steps", "optimizer", "max_grad_norm",
-                           "train_batch_size (per device)", "processes", "gradient_accumulation_steps", "total batch size",
-                           "mixed_precision", "gradient_checkpointing", "EMA"]  # fmt: skip
+    assert list(table) == [
+        "learning_rate",
+        "lr_scheduler",
+        "lr_warmup_steps",
+        "optimizer",
+        "max_grad_norm",
+        "train_batch_size (per device)",
+        "processes",
+        "gradient_accumulation_steps",
+        "total batch size",
+        "mixed_precision",
+        "gradient_checkpointing",
+        "EMA",
+    ]
     assert table["EMA"] == "decay 0.9999" and table["total batch size"] == 32 and table["processes"] == 2
 
 
@@ -84,10 +106,12 @@ class _Critic(_Folder):
 def test_checkpoint_hooks_store_each_model_in_its_subfolder(tmp_path):
     hooks = {}
     accelerator = SimpleNamespace(
-        is_main_process=True, device=torch.device("cpu"), unwrap_model=lambda m: m,
+        is_main_process=True,
+        device=torch.device("cpu"),
+        unwrap_model=lambda m: m,
         register_save_state_pre_hook=lambda f: hooks.setdefault("save", f),
         register_load_state_pre_hook=lambda f: hooks.setdefault("load", f),
-    )  # fmt: skip
+    )
     model, critic = _Folder(), _Critic()  # a _Critic is a _Folder too: the first matching subfolder wins
     script_utils.register_checkpoint_hooks(accelerator, {"critic": _Critic, "model": _Folder})
     weights = [{}, {}]
@@ -128,17 +152,17 @@ def partial_state():
 def test_dataloader_leaves_the_global_rng_alone_and_skips_are_counted(partial_state, caplog):
     dataset = BatchDataset(_Records(), _process, lambda s: torch.cat([x["x"] for x in s]), 2, seed=3, epoch=1)
     state = torch.get_rng_state()
-    items = list(script_utils.make_dataloader(dataset, num_workers=0))
+    items = list(loop.make_dataloader(dataset, num_workers=0))
     assert torch.equal(torch.get_rng_state(), state)  # a resumed run's global RNG matches an uninterrupted one's
     stats, logged = SkipStats(), 0
     with caplog.at_level(logging.WARNING):
         for item in items:
-            logged = script_utils.log_skipped(item, stats, logged)
+            logged = loop.log_skipped(item, stats, logged)
     assert stats.counts == {"corrupt": 2} and logged == 2
     assert caplog.text.count("skipped record-") == 2 and "corrupt (unreadable)" in caplog.text
-    stats, logged = SkipStats(), script_utils.MAX_LOGGED_SKIPS  # past the limit: counted, not logged
+    stats, logged = SkipStats(), loop.MAX_LOGGED_SKIPS  # past the limit: counted, not logged
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         for item in items:
-            logged = script_utils.log_skipped(item, stats, logged)
+            logged = loop.log_skipped(item, stats, logged)
     assert stats.total == 2 and "skipped record-" not in caplog.text

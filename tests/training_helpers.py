@@ -63,8 +63,11 @@ def make_imagefolder(root: Path, num_images: int = 4, corrupt: bool = False, siz
         (root / "truncated.jpg").write_bytes(truncated_jpeg())
         (root / "not_an_image.jpg").write_bytes(b"this is not an image at all\n" * 10)
         shape_image(1, (20, 90)).save(root / "too_small.png")
-        rows += [{"file_name": "truncated.jpg", "text": "broken"}, {"file_name": "not_an_image.jpg", "text": "text"},
-                 {"file_name": "too_small.png", "text": "tiny"}]  # fmt: skip
+        rows += [
+            {"file_name": "truncated.jpg", "text": "broken"},
+            {"file_name": "not_an_image.jpg", "text": "text"},
+            {"file_name": "too_small.png", "text": "tiny"},
+        ]
     with open(root / "metadata.jsonl", "w") as f:
         for row in rows:
             f.write(json.dumps(row) + "\n")
@@ -161,17 +164,35 @@ def free_port() -> int:
 
 def run_script(script: str, argv, timeout: int = 300, **env) -> subprocess.CompletedProcess:
     """`python training_scripts/<script> argv` in a subprocess (`env`: extra environment, e.g. a fault to inject)."""
-    return subprocess.run([sys.executable, str(SCRIPTS / script), *[str(a) for a in argv]], env=subprocess_env(**env),
-                          capture_output=True, text=True, timeout=timeout, cwd=str(REPO))  # fmt: skip
+    return subprocess.run(
+        [sys.executable, str(SCRIPTS / script), *[str(a) for a in argv]],
+        env=subprocess_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=str(REPO),
+    )
 
 
 def launch_two_cpu_processes(script: str, argv, timeout: int = 600, **env) -> subprocess.CompletedProcess:
     """`accelerate launch` of `training_scripts/<script>` with two CPU processes (gloo)."""
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / "cpu_2proc.yaml"),
-               "--multi_gpu", "--num_processes", "2", "--main_process_port", str(free_port()),
-               str(SCRIPTS / script), *[str(a) for a in argv]]  # fmt: skip
-    return subprocess.run(command, env=subprocess_env(**env), capture_output=True, text=True, timeout=timeout,
-                          cwd=str(REPO))  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(CONFIGS / "cpu_2proc.yaml"),
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--main_process_port",
+        str(free_port()),
+        str(SCRIPTS / script),
+        *[str(a) for a in argv],
+    ]
+    return subprocess.run(
+        command, env=subprocess_env(**env), capture_output=True, text=True, timeout=timeout, cwd=str(REPO)
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -200,7 +221,9 @@ def optimizer_states_equal(a, b) -> bool:
     """Whether two `optimizer.bin` files of accelerate hold the same AdamW moments."""
     sa = torch.load(a, weights_only=True)["state"]
     sb = torch.load(b, weights_only=True)["state"]
-    return sa.keys() == sb.keys() and all(torch.equal(sa[k][n], sb[k][n]) for k in sa for n in ("exp_avg", "exp_avg_sq"))
+    return sa.keys() == sb.keys() and all(
+        torch.equal(sa[k][n], sb[k][n]) for k in sa for n in ("exp_avg", "exp_avg_sq")
+    )
 
 
 def tensorboard_tags(folder) -> dict[str, set]:
@@ -234,9 +257,13 @@ def fake_hub(monkeypatch) -> dict:
         root = Path(folder_path)
         files = [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()]
         calls["upload_folder"] = {
-            "repo_id": repo_id, "all_files": files, "readme": (root / "README.md").read_text(),
-            "uploaded": sorted(filter_repo_objects(files, allow_patterns=allow_patterns, ignore_patterns=ignore_patterns)),
-        }  # fmt: skip
+            "repo_id": repo_id,
+            "all_files": files,
+            "readme": (root / "README.md").read_text(),
+            "uploaded": sorted(
+                filter_repo_objects(files, allow_patterns=allow_patterns, ignore_patterns=ignore_patterns)
+            ),
+        }
         return f"https://huggingface.co/{repo_id}/commit/0"
 
     monkeypatch.setattr(huggingface_hub, "create_repo", create_repo)

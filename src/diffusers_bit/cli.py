@@ -8,13 +8,11 @@ import sys
 import time
 from pathlib import Path
 
-DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+from .utils.dtypes import DTYPE_NAMES, dtype_from_name, dtype_name
 
 
 def _dtype(name):
-    import torch
-
-    return None if name in (None, "keep") else getattr(torch, DTYPES[name])
+    return None if name in (None, "keep") else dtype_from_name(name)
 
 
 def _refuse_existing(path: Path, overwrite: bool, suffixes=None, name: str = "--output") -> Path:
@@ -43,14 +41,21 @@ DEMO_PROMPTS = (
     "a yellow triangle above a green square",  # held out (yellow triangle)
 )
 SHIPPED_PIPELINES = {"diffusion": "shapes-64-diffusion", "ar": "shapes-64-ar"}
+# what `demo` samples the shipped models with unless a flag says otherwise: the best setting of the validation-caption
+# sweeps (training_scripts/evaluate_shapes_models.py, 2026-11-29; the pipelines' own defaults are the paper's)
+SHIPPED_SAMPLING = {
+    "diffusion": {"algorithm": "posterior", "guidance_scale": 3.0, "temperature": 0.3},
+    "ar": {"guidance_scale": 3.0},
+}
 
 
 def _sample_bits(pipe, prompts: list, args):
     import torch
 
     generators = [torch.Generator().manual_seed(args.seed + k) for k in range(len(prompts))]
-    kwargs = dict(guidance_scale=args.guidance_scale, temperature=args.temperature, output_type="latent",
-                  generator=generators)  # fmt: skip
+    kwargs = dict(
+        guidance_scale=args.guidance_scale, temperature=args.temperature, output_type="latent", generator=generators
+    )
     if hasattr(pipe, "scheduler"):
         kwargs.update(num_inference_steps=args.steps, algorithm=args.algorithm)
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
@@ -58,15 +63,17 @@ def _sample_bits(pipe, prompts: list, args):
 
 
 def _bits_paths(output: Path, count: int) -> list:
-    return [output.with_suffix(".bits")] if count == 1 else [
-        output.with_name(f"{output.stem}-{k}.bits") for k in range(count)]  # fmt: skip
+    return (
+        [output.with_suffix(".bits")]
+        if count == 1
+        else [output.with_name(f"{output.stem}-{k}.bits") for k in range(count)]
+    )
 
 
 def _save_outputs(pipe, args, prompts: list, label: str, started: float) -> None:
     from .codec import encode_bits_file, tokenizer_fingerprint
-    from .utils.image_grid import image_grid
-
     from .utils.checks import image_bytes, write_file_atomically
+    from .utils.image_grid import image_grid
 
     output = Path(args.output)
     bits_paths = _bits_paths(output, len(prompts))
@@ -121,6 +128,10 @@ def cmd_demo(args) -> None:
         cls = InstellaT2IPipeline if args.kind == "diffusion" else InstellaARPipeline
         pipe = cls.from_pretrained(model)
         label = f"demo ({Path(model).name}, trained offline model)"
+        if args.model is None:
+            for name, value in SHIPPED_SAMPLING[args.kind].items():
+                if getattr(args, name, None) is None:
+                    setattr(args, name, value)
     pipe.set_progress_bar_config(disable=True)
     _save_outputs(pipe, args, prompts, label, started)
 
@@ -137,7 +148,7 @@ def cmd_generate(args) -> None:
         from .utils.hardware import preferred_dtype
 
         dtype = preferred_dtype(device)
-        print(f"--dtype auto: {str(dtype).replace('torch.', '')} on {device or 'cpu'}")
+        print(f"--dtype auto: {dtype_name(dtype)} on {device or 'cpu'}")
     else:
         dtype = _dtype(args.dtype)
     pipe = cls.from_pretrained(args.model, dtype=dtype)
@@ -148,16 +159,22 @@ def cmd_generate(args) -> None:
 
 def cmd_convert(args) -> None:
     from .conversion import convert_checkpoint_dir, convert_to_pipelines
-
     from .utils.checks import read_json_file
 
     overrides = read_json_file(args.config_overrides, "--config_overrides") if args.config_overrides else None
     if args.text_encoder:
-        written = convert_to_pipelines(args.checkpoint_dir, args.output_dir, args.text_encoder, overrides,
-                                       dtype=_dtype(args.dtype), overwrite=args.overwrite)  # fmt: skip
+        written = convert_to_pipelines(
+            args.checkpoint_dir,
+            args.output_dir,
+            args.text_encoder,
+            overrides,
+            dtype=_dtype(args.dtype),
+            overwrite=args.overwrite,
+        )
     else:
-        written = convert_checkpoint_dir(args.checkpoint_dir, args.output_dir, overrides, dtype=_dtype(args.dtype),
-                                         overwrite=args.overwrite)  # fmt: skip
+        written = convert_checkpoint_dir(
+            args.checkpoint_dir, args.output_dir, overrides, dtype=_dtype(args.dtype), overwrite=args.overwrite
+        )
     for name, folder in written.items():
         print(f"{name}: {folder}")
 
@@ -208,9 +225,15 @@ def cmd_eval_reconstruction(args) -> None:
     report = {"image_tokenizer": str(args.image_tokenizer), "datasets": {}}
     for name, images in datasets.items():
         report["datasets"][name] = evaluate_reconstruction(
-            tokenizer, images, resolutions=args.resolutions, batch_size=args.batch_size, input_size=args.input_size,
-            inception_weights=args.inception_weights, lpips_weights=args.lpips_weights, clip_model=args.clip_model,
-        )  # fmt: skip
+            tokenizer,
+            images,
+            resolutions=args.resolutions,
+            batch_size=args.batch_size,
+            input_size=args.input_size,
+            inception_weights=args.inception_weights,
+            lpips_weights=args.lpips_weights,
+            clip_model=args.clip_model,
+        )
     print(format_reconstruction_report(report), end="")
     if args.codec:
         from .evaluation.reconstruction import format_rate_distortion, rate_distortion
@@ -225,12 +248,20 @@ def cmd_eval_reconstruction(args) -> None:
 def cmd_shapes_data(args) -> None:
     from .evaluation import write_shapes_dataset
 
-    result = write_shapes_dataset(args.output_dir, num_train=args.num_train, num_validation=args.num_validation,
-                                  num_test=args.num_test, size=args.size, seed=args.seed,
-                                  overwrite=args.overwrite)  # fmt: skip
+    result = write_shapes_dataset(
+        args.output_dir,
+        num_train=args.num_train,
+        num_validation=args.num_validation,
+        num_test=args.num_test,
+        size=args.size,
+        seed=args.seed,
+        overwrite=args.overwrite,
+    )
     counts = result["counts"]
-    print(f"wrote {counts['train']} train, {counts['validation']} validation and {counts['test']} test images "
-          f"({args.size}x{args.size}) to {result['output_dir']} in {result['seconds']:.1f}s")  # fmt: skip
+    print(
+        f"wrote {counts['train']} train, {counts['validation']} validation and {counts['test']} test images "
+        f"({args.size}x{args.size}) to {result['output_dir']} in {result['seconds']:.1f}s"
+    )
 
 
 def _codec_outputs(inputs: list, output_dir: str, suffix: str, overwrite: bool) -> list:
@@ -278,8 +309,8 @@ def cmd_decode(args) -> None:
     import torch
 
     from .codec import load_bits
-    from .training.tokenizer_stages import tensor_to_pil
     from .utils.checks import image_bytes, write_file_atomically
+    from .utils.pil_images import tensor_to_pil
 
     outputs = _codec_outputs(args.bits, args.output_dir, ".png", args.overwrite)
     tokenizer = _load_image_tokenizer(args.image_tokenizer)
@@ -308,8 +339,14 @@ def cmd_shapes_eval(args) -> None:
     for row in read_metadata_rows(metadata, need_caption=True):
         if not (folder / row["file_name"]).is_file():  # a wrong list is an error; an unreadable image is skipped
             raise ValueError(f"{metadata}: {folder / row['file_name']} does not exist")
-        records.append({"image": str(folder / row["file_name"]), "file_name": row["file_name"],
-                        "text": row.get("text"), "spec": row.get("spec")})  # fmt: skip
+        records.append(
+            {
+                "image": str(folder / row["file_name"]),
+                "file_name": row["file_name"],
+                "text": row.get("text"),
+                "spec": row.get("spec"),
+            }
+        )
     if not records:
         raise ValueError(f"{metadata} lists no images")
     report = evaluate_images(records, skip_unreadable=True)
@@ -322,15 +359,22 @@ def cmd_shapes_eval(args) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="diffusers-bit", description=__doc__)
-    parser.add_argument("--debug", action="store_true",
-                        help=f"show the Python traceback of a failure (or set {DEBUG_ENV}=1)")  # fmt: skip
+    parser.add_argument(
+        "--debug", action="store_true", help=f"show the Python traceback of a failure (or set {DEBUG_ENV}=1)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of a failure")
+    common.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of a failure"
+    )
 
     def sampling(p, default_output, default_prompt):
-        p.add_argument("--prompt", nargs="+", default=default_prompt,
-                       help="one or more prompts (one image each; several make a captioned grid)")
+        p.add_argument(
+            "--prompt",
+            nargs="+",
+            default=default_prompt,
+            help="one or more prompts (one image each; several make a captioned grid)",
+        )
         p.add_argument("--kind", choices=["diffusion", "ar"], default="diffusion")
         p.add_argument("--output", default=default_output, help="PNG path; the packed bits go next to it (.bits)")
         p.add_argument("--size", type=int, default=None, help="decode resolution (default: the largest supported)")
@@ -341,35 +385,55 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
 
-    demo = sub.add_parser("demo", parents=[common], help="generate offline with the shipped shapes-world models (captioned grid + bits)")
+    demo = sub.add_parser(
+        "demo", parents=[common], help="generate offline with the shipped shapes-world models (captioned grid + bits)"
+    )
     sampling(demo, "outputs/demo.png", None)
-    demo.add_argument("--model", default=None,
-                      help="pipeline folder (default: the shipped pipelines/shapes-64-diffusion or shapes-64-ar)")
-    demo.add_argument("--preset", default=None,
-                      help="instead of trained weights, random weights from this architecture preset (e.g. tiny)")
+    demo.add_argument(
+        "--model",
+        default=None,
+        help="pipeline folder (default: the shipped pipelines/shapes-64-diffusion or shapes-64-ar)",
+    )
+    demo.add_argument(
+        "--preset",
+        default=None,
+        help="instead of trained weights, random weights from this architecture preset (e.g. tiny)",
+    )
     demo.set_defaults(func=cmd_demo)
 
     gen = sub.add_parser("generate", parents=[common], help="generate with a saved pipeline folder or Hub repo id")
     gen.add_argument("--model", required=True)
     sampling(gen, "outputs/image.png", ["a lighthouse on a cliff at sunset, oil painting"])
-    gen.add_argument("--dtype", choices=["auto", *DTYPES], default="auto",
-                     help="auto (default): bfloat16 on GPUs and on CPUs with bf16 matrix instructions (AVX512-BF16/AMX), "
-                          "float32 on other CPUs, where bf16 matrix products are several times slower")  # fmt: skip
+    gen.add_argument(
+        "--dtype",
+        choices=["auto", *DTYPE_NAMES],
+        default="auto",
+        help="auto (default): bfloat16 on GPUs and on CPUs with bf16 matrix instructions (AVX512-BF16/AMX), "
+        "float32 on other CPUs, where bf16 matrix products are several times slower",
+    )
     gen.add_argument("--device", default=None)
     gen.set_defaults(func=cmd_generate)
 
-    conv = sub.add_parser("convert", parents=[common], help="convert the authors' checkpoints (amd/Instella-T2I) to diffusers")
+    conv = sub.add_parser(
+        "convert", parents=[common], help="convert the authors' checkpoints (amd/Instella-T2I) to diffusers"
+    )
     conv.add_argument("--checkpoint_dir", required=True, help="folder with bae/model.safetensors, diffusion.pt, ar.pt")
     conv.add_argument("--output_dir", required=True)
-    conv.add_argument("--text_encoder", default=None,
-                      help="e.g. amd/AMD-OLMo-1B: also write complete pipeline folders with this text encoder")
-    conv.add_argument("--dtype", choices=["keep", *DTYPES], default="keep")
+    conv.add_argument(
+        "--text_encoder",
+        default=None,
+        help="e.g. amd/AMD-OLMo-1B: also write complete pipeline folders with this text encoder",
+    )
+    conv.add_argument("--dtype", choices=["keep", *DTYPE_NAMES], default="keep")
     conv.add_argument("--config_overrides", default=None, help="JSON file {component: {config entries}}")
     conv.add_argument("--overwrite", action="store_true")
     conv.set_defaults(func=cmd_convert)
 
-    rec = sub.add_parser("eval-reconstruction", parents=[common], help="PSNR/SSIM (and rFID/LPIPS/CLIP-I with local weights) of the "
-                         "image tokenizer at every decode resolution")  # fmt: skip
+    rec = sub.add_parser(
+        "eval-reconstruction",
+        parents=[common],
+        help="PSNR/SSIM (and rFID/LPIPS/CLIP-I with local weights) of the image tokenizer at every decode resolution",
+    )
     rec.add_argument("--image_tokenizer", required=True, help="tokenizer folder, or a pipeline folder")
     rec.add_argument("--shapes_dir", default=None, help="folder of PNG images (its --split subfolder if present)")
     rec.add_argument("--split", default="test", help="subfolder of --shapes_dir to read when it exists")
@@ -378,16 +442,22 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--input_size", type=int, default=None, help="encoder input size (default: smallest supported)")
     rec.add_argument("--num_images", type=int, default=None, help="at most this many images per data set")
     rec.add_argument("--batch_size", type=int, default=8)
-    rec.add_argument("--codec", action="store_true",
-                     help="also a rate-distortion table: the .bits code beside JPEG and WebP at the nearest file size")
+    rec.add_argument(
+        "--codec",
+        action="store_true",
+        help="also a rate-distortion table: the .bits code beside JPEG and WebP at the nearest file size",
+    )
     rec.add_argument("--output", default=None, help="JSON report path")
     rec.add_argument("--overwrite", action="store_true")
-    rec.add_argument("--inception_weights", default=None,
-                     help="TorchScript Inception file for rFID. Loading TorchScript runs code from the file: pass only "
-                          "files you trust (e.g. the pt_inception-2015-12-05 file of pytorch-fid)")  # fmt: skip
+    rec.add_argument(
+        "--inception_weights",
+        default=None,
+        help="TorchScript Inception file for rFID. Loading TorchScript runs code from the file: pass only "
+        "files you trust (e.g. the pt_inception-2015-12-05 file of pytorch-fid)",
+    )
     rec.add_argument("--lpips_weights", default=None, help="LPIPS-VGG weights (folder or file) for LPIPS")
     rec.add_argument("--clip_model", default=None, help="local transformers CLIP folder for CLIP image similarity")
-    rec.add_argument("--dtype", choices=["keep", *DTYPES], default="keep")
+    rec.add_argument("--dtype", choices=["keep", *DTYPE_NAMES], default="keep")
     rec.add_argument("--device", default=None)
     rec.set_defaults(func=cmd_eval_reconstruction)
 
@@ -407,7 +477,9 @@ def build_parser() -> argparse.ArgumentParser:
     dec.add_argument("--overwrite", action="store_true")
     dec.set_defaults(func=cmd_decode)
 
-    sdata = sub.add_parser("shapes-data", parents=[common], help="write the shapes-world data set (imagefolder, train/validation/test)")
+    sdata = sub.add_parser(
+        "shapes-data", parents=[common], help="write the shapes-world data set (imagefolder, train/validation/test)"
+    )
     sdata.add_argument("--output_dir", required=True)
     sdata.add_argument("--num_train", type=int, default=20000)
     sdata.add_argument("--num_validation", type=int, default=600)
@@ -417,9 +489,12 @@ def build_parser() -> argparse.ArgumentParser:
     sdata.add_argument("--overwrite", action="store_true", help="replace the shapes data in a non-empty --output_dir")
     sdata.set_defaults(func=cmd_shapes_data)
 
-    seval = sub.add_parser("shapes-eval", parents=[common], help="ShapesEval (GenEval-style) of a folder of shapes-world images")
-    seval.add_argument("--images_dir", required=True,
-                       help="folder with the PNGs and a metadata.jsonl (file_name, text)")  # fmt: skip
+    seval = sub.add_parser(
+        "shapes-eval", parents=[common], help="ShapesEval (GenEval-style) of a folder of shapes-world images"
+    )
+    seval.add_argument(
+        "--images_dir", required=True, help="folder with the PNGs and a metadata.jsonl (file_name, text)"
+    )
     seval.add_argument("--output", default=None, help="JSON report path")
     seval.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     seval.set_defaults(func=cmd_shapes_eval)

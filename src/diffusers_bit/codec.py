@@ -60,7 +60,9 @@ def tokenizer_fingerprint(tokenizer) -> bytes:
 def encode_bits_file(bits: torch.Tensor, fingerprint: bytes) -> bytes:
     r"""The `.bits` file content of one latent `bits` `(tokens, bits_per_token)` in {0, 1}."""
     if not isinstance(bits, torch.Tensor) or bits.ndim != 2:
-        raise ValueError(f"`bits` must be one (tokens, bits_per_token) latent, got {getattr(bits, 'shape', type(bits))}")
+        raise ValueError(
+            f"`bits` must be one (tokens, bits_per_token) latent, got {getattr(bits, 'shape', type(bits))}"
+        )
     if len(fingerprint) != FINGERPRINT_SIZE:
         raise ValueError(f"`fingerprint` must be {FINGERPRINT_SIZE} bytes, got {len(fingerprint)}")
     tokens, width = bits.shape
@@ -75,13 +77,16 @@ def decode_bits_file(data: bytes, name: str = "the .bits file") -> tuple[torch.T
         raise ValueError(f"{name} is not a diffusers-bit .bits file (no 'DBIT' header)")
     magic, version, tokens, width, fingerprint = _HEADER.unpack(data[:HEADER_SIZE])
     if version != FORMAT_VERSION:
-        raise ValueError(f"{name} has .bits format version {version}; this diffusers-bit reads version {FORMAT_VERSION}")
+        raise ValueError(
+            f"{name} has .bits format version {version}; this diffusers-bit reads version {FORMAT_VERSION}"
+        )
     expected = (tokens * width + 7) // 8
     payload = data[HEADER_SIZE:]
     if len(payload) != expected:
         state = "truncated" if len(payload) < expected else "longer than its header says"
-        raise ValueError(f"{name} is {state}: {len(payload)} bytes of bits for {tokens} x {width} bits "
-                         f"({expected} bytes)")  # fmt: skip
+        raise ValueError(
+            f"{name} is {state}: {len(payload)} bytes of bits for {tokens} x {width} bits ({expected} bytes)"
+        )
     packed = torch.frombuffer(bytearray(payload), dtype=torch.uint8)[None]
     return unpack_bits(packed, tokens, width)[0].float(), fingerprint
 
@@ -105,10 +110,14 @@ def load_bits(paths: Union[str, os.PathLike, Sequence], tokenizer) -> torch.Tens
             raise FileNotFoundError(f"{path} does not exist")
         bits, fingerprint = decode_bits_file(path.read_bytes(), str(path))
         if tuple(bits.shape) != layout:
-            raise ValueError(f"{path} holds {bits.shape[0]} tokens x {bits.shape[1]} bits; this tokenizer decodes "
-                             f"{layout[0]} x {layout[1]}")  # fmt: skip
+            raise ValueError(
+                f"{path} holds {bits.shape[0]} tokens x {bits.shape[1]} bits; this tokenizer decodes "
+                f"{layout[0]} x {layout[1]}"
+            )
         if fingerprint != expected:
-            raise ValueError(f"{path} was made by another tokenizer (fingerprint {fingerprint.hex()}; this one is "
-                             f"{expected.hex()}): decoding it would draw a different image")  # fmt: skip
+            raise ValueError(
+                f"{path} was made by another tokenizer (fingerprint {fingerprint.hex()}; this one is "
+                f"{expected.hex()}): decoding it would draw a different image"
+            )
         batch.append(bits)
     return torch.stack(batch)

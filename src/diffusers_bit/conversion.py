@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from .models import BinaryARTransformer, BinaryDiT, BinaryLatentTokenizer
 from .presets import load_preset_config
@@ -57,7 +57,11 @@ IGNORED_KEYS = {
     "transformer": [],
     "ar_transformer": [r"^time_embed\."],  # built but never called by the authors' AR forward
 }
-MODEL_CLASSES = {"image_tokenizer": BinaryLatentTokenizer, "transformer": BinaryDiT, "ar_transformer": BinaryARTransformer}
+MODEL_CLASSES = {
+    "image_tokenizer": BinaryLatentTokenizer,
+    "transformer": BinaryDiT,
+    "ar_transformer": BinaryARTransformer,
+}
 
 
 def load_official_state_dict(path: Union[str, os.PathLike]) -> dict:
@@ -130,15 +134,22 @@ def infer_config(state_dict: dict, component: str, base_config: dict) -> dict:
         dec_dim = _require(sd, "decoder.mask_tokens", component).shape[-1]
         dec_head = sd["decoder.transformer_blocks.0.attn.norm_q.weight"].shape[0]
         cfg.update(
-            in_channels=in_channels, patch_size=patch, num_latent_tokens=sd["encoder.latent_tokens"].shape[1],
+            in_channels=in_channels,
+            patch_size=patch,
+            num_latent_tokens=sd["encoder.latent_tokens"].shape[1],
             bits_per_token=sd["quantizer.proj.0.weight"].shape[0],
-            encoder_layers=_count(sd, "encoder.transformer_blocks."), encoder_head_dim=enc_head,
-            encoder_num_heads=enc_dim // enc_head, decoder_layers=_count(sd, "decoder.transformer_blocks."),
-            decoder_head_dim=dec_head, decoder_num_heads=dec_dim // dec_head,
+            encoder_layers=_count(sd, "encoder.transformer_blocks."),
+            encoder_head_dim=enc_head,
+            encoder_num_heads=enc_dim // enc_head,
+            decoder_layers=_count(sd, "decoder.transformer_blocks."),
+            decoder_head_dim=dec_head,
+            decoder_num_heads=dec_dim // dec_head,
             mlp_ratio=sd["encoder.transformer_blocks.0.mlp.gate_proj.weight"].shape[0] / enc_dim,
-        )  # fmt: skip
-        for name, prefix in (("encoder_downsample_blocks", "encoder.down_layers."),
-                             ("decoder_upsample_blocks", "decoder.up_layers.")):
+        )
+        for name, prefix in (
+            ("encoder_downsample_blocks", "encoder.down_layers."),
+            ("decoder_upsample_blocks", "decoder.up_layers."),
+        ):
             if len(cfg[name]) != _count(sd, prefix):
                 raise ValueError(
                     f"the checkpoint has {_count(sd, prefix)} {prefix[:-1]} but the config's `{name}` lists "
@@ -148,15 +159,21 @@ def infer_config(state_dict: dict, component: str, base_config: dict) -> dict:
         dim = _require(sd, "x_embedder.weight", component).shape[0]
         head = _require(sd, "transformer_blocks.0.attn.norm_q.weight", component).shape[0]
         layers = _count(sd, "transformer_blocks.")
-        ff_key = "transformer_blocks.0.ff.net.0.proj.weight" if component == "transformer" else \
-            "transformer_blocks.0.mlp.net.0.proj.weight"  # fmt: skip
+        ff_key = (
+            "transformer_blocks.0.ff.net.0.proj.weight"
+            if component == "transformer"
+            else "transformer_blocks.0.mlp.net.0.proj.weight"
+        )
         num_tokens = sd["transformer_blocks.0.pos_emb"].shape[1] - (component == "ar_transformer")
         cfg.update(
-            in_channels=sd["x_embedder.weight"].shape[1], num_layers=layers, attention_head_dim=head,
-            num_attention_heads=dim // head, num_tokens=num_tokens,
+            in_channels=sd["x_embedder.weight"].shape[1],
+            num_layers=layers,
+            attention_head_dim=head,
+            num_attention_heads=dim // head,
+            num_tokens=num_tokens,
             text_embed_dim=sd["transformer_blocks.0.proj_cond.weight"].shape[1],
             mlp_ratio=_require(sd, ff_key, component).shape[0] / dim,
-        )  # fmt: skip
+        )
     return cfg
 
 
@@ -173,8 +190,15 @@ def check_state_dict(model: torch.nn.Module, state_dict: dict, component: str) -
     )
     if missing or unexpected or mismatched:
         show = lambda keys: ", ".join(keys[:12]) + (f", ... ({len(keys)} in all)" if len(keys) > 12 else "")  # noqa
-        parts = [f"{name}: {show(keys)}" for name, keys in
-                 (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched)) if keys]
+        parts = [
+            f"{name}: {show(keys)}"
+            for name, keys in (
+                ("missing keys", missing),
+                ("unexpected keys", unexpected),
+                ("shape mismatches", mismatched),
+            )
+            if keys
+        ]
         raise ValueError(f"the {component} checkpoint does not match {type(model).__name__}; " + "; ".join(parts))
 
 
@@ -221,7 +245,9 @@ def convert_component(
     config = infer_config(official, component, {**base, **overrides})
     for key, value in overrides.items():
         if config.get(key) != value:
-            raise ValueError(f"config override {key}={value!r} contradicts the checkpoint, which implies {config[key]!r}")
+            raise ValueError(
+                f"config override {key}={value!r} contradicts the checkpoint, which implies {config[key]!r}"
+            )
     state_dict = convert_state_dict(official, component)
     with torch.device("meta"):
         model = cls.from_config(config)
@@ -260,21 +286,22 @@ def convert_checkpoint_dir(
     checkpoint_dir, output_dir = Path(checkpoint_dir), Path(output_dir)
     found = {c: checkpoint_dir / f for c, f in OFFICIAL_FILES.items() if (checkpoint_dir / f).is_file()}
     if not found:
-        raise ValueError(
-            f"`checkpoint_dir` {str(checkpoint_dir)!r} holds none of {list(OFFICIAL_FILES.values())}"
-        )
+        raise ValueError(f"`checkpoint_dir` {str(checkpoint_dir)!r} holds none of {list(OFFICIAL_FILES.values())}")
     targets = [output_dir / c for c in [*found, "scheduler"]]
     busy = [str(t) for t in targets if t.is_dir() and any(t.iterdir())]
     if busy and not overwrite:
         raise ValueError(f"refusing to overwrite existing folders {busy}; pass overwrite=True")
     # convert (and validate) everything in memory first so a bad file leaves nothing half-written
-    models = {c: convert_component(p, c, None, (config_overrides or {}).get(c), base_preset, dtype)
-              for c, p in found.items()}  # fmt: skip
+    models = {
+        c: convert_component(p, c, None, (config_overrides or {}).get(c), base_preset, dtype) for c, p in found.items()
+    }
     written = {}
     for component, model in models.items():
         model.save_pretrained(output_dir / component)
         written[component] = str(output_dir / component)
-    BernoulliScheduler.from_config(load_preset_config(base_preset, "scheduler")).save_pretrained(output_dir / "scheduler")
+    BernoulliScheduler.from_config(load_preset_config(base_preset, "scheduler")).save_pretrained(
+        output_dir / "scheduler"
+    )
     written["scheduler"] = str(output_dir / "scheduler")
     return written
 

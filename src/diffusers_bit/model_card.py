@@ -133,3 +133,49 @@ def render_tokenizer_card(
         decode_size=max(sizes),
         training=training_section(training, "train_tokenizer.py"),
     )
+
+
+def render_lora_card(
+    pipeline_class: str,
+    repo_id: str,
+    base_model: str,
+    lora: dict,
+    training: Optional[dict] = None,
+    title: Optional[str] = None,
+    description: str = "",
+    license: str = "apache-2.0",
+    example_prompt: str = "a watercolor painting of a lighthouse at dawn",
+) -> str:
+    r"""Markdown model card (with YAML metadata) for a LoRA adapter of an Instella pipeline's transformer, from
+    `model_cards/lora.md` (and `model_cards/training.md` for the training section).
+
+    Args:
+        pipeline_class (`str`): `InstellaT2IPipeline` or `InstellaARPipeline`.
+        base_model (`str`): The pipeline the adapter was trained on (a Hub repo id goes into the metadata as
+            `base_model`; a local folder is only named in the text).
+        lora (`dict`): `rank`, `alpha`, `target_modules` (list), `parameters` (int), `size` (bytes), `adapter_name`.
+        training (`dict`, *optional*): `script`, `data` (str), `steps`, `hyperparameters` (dict), `metrics` (dict).
+    """
+    tags = ["text-to-image", "diffusers", "diffusers-bit", "instella-t2i", "binary-latent", "lora", pipeline_class]
+    is_repo_id = base_model.count("/") == 1 and not base_model.startswith((".", "/", "~"))
+    metadata = card_metadata(tags, "text-to-image", license, base_model if is_repo_id else None)
+    if is_repo_id:
+        metadata += "\nbase_model_relation: adapter"
+    size = lora.get("size")
+    size_text = "-" if size is None else f"{size / 2**20:.2f} MiB" if size >= 2**20 else f"{size / 2**10:.1f} KiB"
+    return card_template("lora.md").substitute(
+        metadata=metadata,
+        title=title or repo_id.split("/")[-1],
+        description=description,
+        pipeline_class=pipeline_class,
+        base_model=base_model,
+        repo_id=repo_id,
+        rank=lora["rank"],
+        alpha=lora["alpha"],
+        adapter_parameters=f"{lora['parameters'] / 1e6:.2f}M" if lora.get("parameters") else "-",
+        adapter_size=size_text,
+        adapter_name=lora.get("adapter_name", "default"),
+        target_modules=", ".join(f"`{name}`" for name in lora["target_modules"]),
+        example_prompt=example_prompt,
+        training=training_section(training, "train_t2i.py"),
+    )

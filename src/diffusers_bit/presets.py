@@ -64,9 +64,10 @@ def preset_text_component(preset: Union[str, os.PathLike], name: str):
     r"""The preset's text `tokenizer` or `text_encoder`: the pretrained model its folder references when it holds a
     `reference.json` (a model shipped inside an installed package, e.g. all-MiniLM-L6-v2 for `shapes-64`), otherwise
     built from its config (random weights, drawn from the global RNG; the `tiny` preset)."""
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
     from .utils.package_models import load_referenced_component, read_reference
+    from .utils.text_encoders import auto_text_model_class
 
     folder = preset_path(preset) / name
     reference = read_reference(folder)
@@ -75,8 +76,7 @@ def preset_text_component(preset: Union[str, os.PathLike], name: str):
     if name == "tokenizer":
         return AutoTokenizer.from_pretrained(str(folder))
     config = AutoConfig.from_pretrained(str(folder))
-    auto = AutoModelForCausalLM if any("CausalLM" in a for a in config.architectures or []) else AutoModel
-    return auto.from_config(config).eval()
+    return auto_text_model_class(config).from_config(config).eval()
 
 
 def build_pipeline(

@@ -70,8 +70,11 @@ def _run(pipe, prompts: Sequence[str], images, seed: int, batch_size: int, **cal
 
 
 def _summary(report: dict) -> dict:
-    return {"overall": report["overall"], "num_images": report["num_images"],
-            "categories": {c: v["accuracy"] for c, v in report["categories"].items()}}  # fmt: skip
+    return {
+        "overall": report["overall"],
+        "num_images": report["num_images"],
+        "categories": {c: v["accuracy"] for c, v in report["categories"].items()},
+    }
 
 
 def evaluate_img2img(
@@ -127,8 +130,13 @@ def evaluate_img2img(
         "edited": evaluate_images({"image": im, "spec": spec} for im, (_, spec) in zip(edited, pairs)),
         "source": evaluate_images({"image": im, "spec": spec} for im, (_, spec) in zip(sources, pairs)),
     }
-    report = {"edit": edit, "strength": strength, "num_images": len(pairs), "seed": seed,
-              **{name: _summary(r) for name, r in scored.items()}}  # fmt: skip
+    report = {
+        "edit": edit,
+        "strength": strength,
+        "num_images": len(pairs),
+        "seed": seed,
+        **{name: _summary(r) for name, r in scored.items()},
+    }
     if edit == "keep":
         source = scored["source"]["overall"]
         report["retention"] = scored["edited"]["overall"] / source if source > 0 else float("nan")

@@ -4,17 +4,15 @@ r"""Reconstruction quality of the binary latent image tokenizer.
 [`evaluate_reconstruction`] encodes images once at the tokenizer's encoder input size, decodes the bits at every
 supported resolution and compares each decode with the source image resized to that resolution:
 
-- PSNR and SSIM ([`psnr`], [`ssim`]) always; both need nothing but torch and numpy. [`ssim`] is the standard
-  Gaussian-window SSIM of Wang et al. (2004) with the settings of `skimage.metrics.structural_similarity(...,
-  gaussian_weights=True, sigma=1.5, use_sample_covariance=False)`, and matches it to float precision.
+- PSNR and SSIM ([`~diffusers_bit.metrics.psnr`], [`~diffusers_bit.metrics.ssim`], shared with training in
+  [`diffusers_bit.metrics`]) always; both need nothing but torch and numpy.
 - rFID, LPIPS and CLIP image similarity only when local weights are given (no installable wheel ships them). Without
   them the metric is reported as skipped, with the flag to pass, instead of failing.
 
 Offline test images: [`real_photographs`] reads the sample photographs that scikit-image, scikit-learn and
 matplotlib ship inside their wheels (whichever are installed; none of them is imported).
 
-Conventions: images for [`psnr`] / [`ssim`] are `uint8` (range 255) or floats in [0, 1] (range 1); numpy arrays and
-PIL images are channel-last, torch tensors channel-first.
+Conventions: numpy arrays and PIL images are channel-last, torch tensors channel-first.
 """
 
 import importlib.util
@@ -31,11 +29,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
+from ..metrics import LPIPS, ImageLike, psnr_batch, ssim_batch
 from ..utils.checks import read_metadata_rows
 
 logger = logging.getLogger(__name__)
 
-ImageLike = Union[np.ndarray, torch.Tensor, Image.Image]
 FeatureExtractor = Callable[[torch.Tensor], torch.Tensor]
 
 # Sample photographs shipped inside wheels: (name, distribution, top-level package, path inside the package).
@@ -57,116 +55,6 @@ SKIP_MESSAGES = {
 }
 _FLAGS = {"rfid": "--inception_weights", "lpips": "--lpips_weights", "clip_similarity": "--clip_model"}
 OPTIONAL_METRICS = ("rfid", "lpips", "clip_similarity")
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# PSNR / SSIM
-# ----------------------------------------------------------------------------------------------------------------------
-def _as_batch(image: ImageLike, name: str) -> tuple[torch.Tensor, bool, bool]:
-    """`(B, C, H, W)` float64 tensor, whether the input was uint8, whether it was a batch."""
-    if isinstance(image, Image.Image):
-        image = np.asarray(image)
-    if isinstance(image, np.ndarray):
-        is_uint8 = image.dtype == np.uint8
-        if image.ndim not in (2, 3, 4):
-            raise ValueError(f"`{name}` must be (H, W), (H, W, C) or (N, H, W, C), got shape {image.shape}")
-        batched = image.ndim == 4
-        tensor = torch.from_numpy(np.array(image, dtype=np.float64))
-        tensor = tensor[..., None] if image.ndim == 2 else tensor
-        tensor = tensor.movedim(-1, -3)
-    elif isinstance(image, torch.Tensor):
-        is_uint8 = image.dtype == torch.uint8
-        if image.ndim not in (2, 3, 4):
-            raise ValueError(f"`{name}` must be (H, W), (C, H, W) or (B, C, H, W), got shape {tuple(image.shape)}")
-        batched = image.ndim == 4
-        tensor = image.detach().cpu().to(torch.float64)
-        tensor = tensor[None] if image.ndim == 2 else tensor
-    else:
-        raise TypeError(f"`{name}` must be a numpy array, torch tensor or PIL image, got {type(image).__name__}")
-    return (tensor if batched else tensor[None]), is_uint8, batched
-
-
-def _pair(a: ImageLike, b: ImageLike, data_range: Optional[float]) -> tuple[torch.Tensor, torch.Tensor, float, bool]:
-    x, x_uint8, batched = _as_batch(a, "a")
-    y, y_uint8, _ = _as_batch(b, "b")
-    if x.shape != y.shape:
-        raise ValueError(f"images must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
-    if data_range is None:
-        if x_uint8 != y_uint8:
-            raise ValueError("one image is uint8 and the other is not; convert both or pass `data_range`")
-        data_range = 255.0 if x_uint8 else 1.0
-    if data_range <= 0:
-        raise ValueError(f"`data_range` must be positive, got {data_range}")
-    return x, y, float(data_range), batched
-
-
-def _psnr_batch(x: torch.Tensor, y: torch.Tensor, data_range: float) -> torch.Tensor:
-    mse = (x - y).pow(2).flatten(1).mean(dim=1)
-    return torch.where(mse > 0, 10 * torch.log10(data_range**2 / mse), torch.full_like(mse, math.inf))
-
-
-def _gaussian_window(sigma: float = 1.5, truncate: float = 3.5) -> torch.Tensor:
-    radius = int(truncate * sigma + 0.5)
-    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
-    window = torch.exp(-0.5 * (offsets / sigma) ** 2)
-    return window / window.sum()
-
-
-def _ssim_batch(x: torch.Tensor, y: torch.Tensor, data_range: float, sigma: float = 1.5) -> torch.Tensor:
-    window = _gaussian_window(sigma)
-    size, channels = window.numel(), x.shape[1]
-    if min(x.shape[-2:]) < size:
-        raise ValueError(f"SSIM needs images of at least {size}x{size} pixels, got {tuple(x.shape[-2:])}")
-    rows = window.view(1, 1, size, 1).repeat(channels, 1, 1, 1)
-    cols = window.view(1, 1, 1, size).repeat(channels, 1, 1, 1)
-
-    def blur(t):  # separable Gaussian, valid region only (= skimage's filter followed by its border crop)
-        return F.conv2d(F.conv2d(t, rows, groups=channels), cols, groups=channels)
-
-    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    mu_x, mu_y = blur(x), blur(y)
-    var_x = blur(x * x) - mu_x**2
-    var_y = blur(y * y) - mu_y**2
-    cov = blur(x * y) - mu_x * mu_y
-    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
-    return ssim_map.mean(dim=(1, 2, 3))
-
-
-def _result(values: torch.Tensor, batched: bool) -> Union[float, np.ndarray]:
-    return values.numpy() if batched else float(values[0])
-
-
-def psnr(a: ImageLike, b: ImageLike, data_range: Optional[float] = None) -> Union[float, np.ndarray]:
-    r"""Peak signal-to-noise ratio in dB, `10 * log10(data_range**2 / MSE)`, over all pixels and channels.
-
-    Args:
-        a, b: Images of the same shape: numpy arrays / PIL images `(H, W)`, `(H, W, C)` or a batch `(N, H, W, C)`;
-            torch tensors `(H, W)`, `(C, H, W)` or a batch `(B, C, H, W)`. Either both `uint8` or both floats in
-            [0, 1].
-        data_range (`float`, *optional*): Peak value; defaults to 255 for `uint8` and 1.0 for floats.
-
-    Returns:
-        A float (`inf` for identical images), or for a batch a `(B,)` numpy array of per-image values.
-    """
-    x, y, data_range, batched = _pair(a, b, data_range)
-    return _result(_psnr_batch(x, y, data_range), batched)
-
-
-def ssim(a: ImageLike, b: ImageLike, data_range: Optional[float] = None) -> Union[float, np.ndarray]:
-    r"""Structural similarity (Wang et al. 2004) with an 11x11 Gaussian window (sigma 1.5), `K1 = 0.01`,
-    `K2 = 0.03`, population (co)variances, averaged over the window positions inside the image and over channels.
-    Equal to `skimage.metrics.structural_similarity(a, b, data_range=..., channel_axis=-1, gaussian_weights=True,
-    sigma=1.5, use_sample_covariance=False)`.
-
-    Args:
-        a, b: Images of at least 11x11 pixels, laid out as for [`psnr`]; `uint8` or floats in [0, 1].
-        data_range (`float`, *optional*): Defaults to 255 for `uint8` and 1.0 for floats.
-
-    Returns:
-        A float in [-1, 1] (1 for identical images), or for a batch a `(B,)` numpy array.
-    """
-    x, y, data_range, batched = _pair(a, b, data_range)
-    return _result(_ssim_batch(x, y, data_range), batched)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -340,13 +228,11 @@ def load_inception(
 
 
 def load_lpips(lpips_weights: Optional[Union[str, os.PathLike]], device: Union[str, torch.device] = "cpu"):
-    r"""The project's LPIPS-VGG network ([`~diffusers_bit.training.perceptual.LPIPS`]) from local weights (any layout
+    r"""The project's LPIPS-VGG network ([`~diffusers_bit.metrics.LPIPS`]) from local weights (any layout
     `LPIPS.from_pretrained` accepts), or `None` (with a logged message) when no path is given or it does not exist."""
     if lpips_weights is None or not Path(lpips_weights).exists():
         logger.warning(skip_message("lpips", lpips_weights))
         return None
-    from ..training.perceptual import LPIPS
-
     return LPIPS.from_pretrained(lpips_weights).to(device)
 
 
@@ -392,8 +278,9 @@ def load_clip(
     try:
         return CLIPImageSimilarity.from_pretrained(clip_model, device)
     except (OSError, ValueError, KeyError) as error:
-        logger.warning("%s; %r does not load as a CLIPModel (%s)", SKIP_MESSAGES["clip_similarity"],
-                       str(clip_model), error)  # fmt: skip
+        logger.warning(
+            "%s; %r does not load as a CLIPModel (%s)", SKIP_MESSAGES["clip_similarity"], str(clip_model), error
+        )
         return None
 
 
@@ -502,8 +389,8 @@ def evaluate_reconstruction(
                     decoded_images[r] += list(recon.mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
                 target = _to_model_input([center_crop_resize(image, r) for image in batch])
                 x, y = recon.double(), target.double()
-                per_image[r]["psnr"] += _psnr_batch(x, y, 1.0).tolist()
-                per_image[r]["ssim"] += _ssim_batch(x, y, 1.0).tolist()
+                per_image[r]["psnr"] += psnr_batch(x, y, 1.0).tolist()
+                per_image[r]["ssim"] += ssim_batch(x, y, 1.0).tolist()
                 if lpips is not None:
                     values = lpips(recon.to(device) * 2 - 1, target.to(device) * 2 - 1, reduction="none")
                     per_image[r]["lpips"] += values.float().cpu().tolist()
@@ -550,8 +437,9 @@ def read_shapes_records(folder: Union[str, os.PathLike], limit: Optional[int] = 
             break
         with Image.open(folder / row["file_name"]) as image:
             array = np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
-        records.append({"file_name": row["file_name"], "text": row.get("text"), "spec": row.get("spec"),
-                        "image": array})  # fmt: skip
+        records.append(
+            {"file_name": row["file_name"], "text": row.get("text"), "spec": row.get("spec"), "image": array}
+        )
     if not records:
         raise ValueError(f"{metadata} lists no images")
     return records
@@ -571,11 +459,15 @@ def evaluate_shapes_reconstruction(
     from .shapes_eval import evaluate_images
 
     records = read_shapes_records(folder, limit)
-    report = evaluate_reconstruction(tokenizer, [r["image"] for r in records], batch_size=batch_size,
-                                     return_images=True)  # fmt: skip
+    report = evaluate_reconstruction(
+        tokenizer, [r["image"] for r in records], batch_size=batch_size, return_images=True
+    )
     size = report["input_size"]
-    entry = report["resolutions"][str(size)] if str(size) in report["resolutions"] else next(
-        iter(report["resolutions"].values()))  # fmt: skip
+    entry = (
+        report["resolutions"][str(size)]
+        if str(size) in report["resolutions"]
+        else next(iter(report["resolutions"].values()))
+    )
 
     def shapes(images):
         result = evaluate_images([{**r, "image": image} for r, image in zip(records, images)])
@@ -613,10 +505,18 @@ def format_reconstruction_report(report: Mapping[str, Any]) -> str:
     messages = {}
     for name, result in datasets.items():
         for resolution, entry in result["resolutions"].items():
-            cells = [_cell(entry["psnr"], 2), _cell(entry["ssim"], 4), _cell(entry.get("rfid"), 2),
-                     _cell(entry.get("lpips"), 4), _cell(entry.get("clip_similarity"), 4)]  # fmt: skip
-            lines.append(f"| {name} | {result['num_images']} | {result['input_size']} | {resolution} | "
-                         + " | ".join(cells) + " |")  # fmt: skip
+            cells = [
+                _cell(entry["psnr"], 2),
+                _cell(entry["ssim"], 4),
+                _cell(entry.get("rfid"), 2),
+                _cell(entry.get("lpips"), 4),
+                _cell(entry.get("clip_similarity"), 4),
+            ]
+            lines.append(
+                f"| {name} | {result['num_images']} | {result['input_size']} | {resolution} | "
+                + " | ".join(cells)
+                + " |"
+            )
         messages.update(result.get("skipped", {}))
     notes = [f"- {messages[metric]}" for metric in OPTIONAL_METRICS if metric in messages]
     return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
@@ -678,15 +578,23 @@ def rate_distortion(
             sizes.append(len(data))
             qualities.append(quality)
         x, y = _to_model_input(decoded).double(), _to_model_input(originals).double()
-        results[fmt] = {"bytes": float(np.mean(sizes)), "quality": float(np.mean(qualities)),
-                        "psnr": _mean(_psnr_batch(x, y, 1.0).tolist()), "ssim": _mean(_ssim_batch(x, y, 1.0).tolist())}  # fmt: skip
+        results[fmt] = {
+            "bytes": float(np.mean(sizes)),
+            "quality": float(np.mean(qualities)),
+            "psnr": _mean(psnr_batch(x, y, 1.0).tolist()),
+            "ssim": _mean(ssim_batch(x, y, 1.0).tolist()),
+        }
     return {"size": int(size), "num_images": len(sources), "codecs": results}
 
 
 def format_rate_distortion(report: Mapping[str, Any]) -> str:
     """Markdown table of [`rate_distortion`]."""
-    lines = [f"Rate-distortion at {report['size']} px ({report['num_images']} images):", "",
-             "| codec | bytes per image | PSNR (dB) | SSIM |", "|---|---:|---:|---:|"]  # fmt: skip
+    lines = [
+        f"Rate-distortion at {report['size']} px ({report['num_images']} images):",
+        "",
+        "| codec | bytes per image | PSNR (dB) | SSIM |",
+        "|---|---:|---:|---:|",
+    ]
     for name, entry in report["codecs"].items():
         label = "diffusers-bit .bits" if name == "bits" else f"{name} (quality {entry['quality']:.0f})"
         lines.append(f"| {label} | {entry['bytes']:.0f} | {entry['psnr']:.2f} | {entry['ssim']:.3f} |")

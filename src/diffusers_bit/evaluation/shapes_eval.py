@@ -119,8 +119,10 @@ class DetectedObject:
     color_purity: float = 1.0
 
     def to_dict(self) -> dict:
-        return {k: (round(v, 4) if isinstance(v, float) else [round(x, 4) for x in v] if isinstance(v, tuple) else v)
-                for k, v in asdict(self).items()}  # fmt: skip
+        return {
+            k: (round(v, 4) if isinstance(v, float) else [round(x, 4) for x in v] if isinstance(v, tuple) else v)
+            for k, v in asdict(self).items()
+        }
 
     def __str__(self) -> str:
         return f"{self.color} {self.shape} @({self.centroid[0]:.2f}, {self.centroid[1]:.2f})"
@@ -140,8 +142,9 @@ def load_rgb(image: ImageLike) -> np.ndarray:
     if image.dtype != np.uint8:
         raise ValueError(f"`image` must be uint8, got {image.dtype}")
     if min(image.shape[:2]) < MIN_IMAGE_SIZE:
-        raise ValueError(f"`image` must be at least {MIN_IMAGE_SIZE} px on each side, got "
-                         f"{image.shape[1]}x{image.shape[0]}")  # fmt: skip
+        raise ValueError(
+            f"`image` must be at least {MIN_IMAGE_SIZE} px on each side, got {image.shape[1]}x{image.shape[0]}"
+        )
     return np.ascontiguousarray(image[..., :3])
 
 
@@ -180,8 +183,12 @@ def _merge_fragments(comp: np.ndarray, count: int, ratio: float = 0.5) -> np.nda
     neighbour (smallest first); returns the root of each component."""
     area = np.bincount(comp[comp >= 0], minlength=count).astype(np.int64)
     neighbours = [set() for _ in range(count)]
-    for a, b in ((comp[:, :-1], comp[:, 1:]), (comp[:-1], comp[1:]), (comp[:-1, :-1], comp[1:, 1:]),
-                 (comp[:-1, 1:], comp[1:, :-1])):  # fmt: skip
+    for a, b in (
+        (comp[:, :-1], comp[:, 1:]),
+        (comp[:-1], comp[1:]),
+        (comp[:-1, :-1], comp[1:, 1:]),
+        (comp[:-1, 1:], comp[1:, :-1]),
+    ):
         touch = (a >= 0) & (b >= 0) & (a != b)
         for x, y in set(zip(a[touch].tolist(), b[touch].tolist())):
             neighbours[x].add(y)
@@ -526,8 +533,13 @@ def evaluate_images(
                 skipped.append(str(image))
                 continue
         score = score_image(image, spec, position_margin=position_margin, **analyse_kwargs)
-        row = {"text": spec_to_caption(spec), "category": spec["category"], "correct": score.correct,
-               "reason": score.reason, "objects": [o.to_dict() for o in score.objects]}  # fmt: skip
+        row = {
+            "text": spec_to_caption(spec),
+            "category": spec["category"],
+            "correct": score.correct,
+            "reason": score.reason,
+            "objects": [o.to_dict() for o in score.objects],
+        }
         if isinstance(record, Mapping) and "file_name" in record:
             row = {"file_name": record["file_name"], **row}
         results.append(row)
@@ -538,8 +550,13 @@ def evaluate_images(
             correct = sum(r["correct"] for r in rows)
             categories[category] = {"accuracy": correct / len(rows), "correct": correct, "total": len(rows)}
     overall = float(np.mean([c["accuracy"] for c in categories.values()])) if categories else float("nan")
-    report = {"overall": overall, "num_images": len(results), "num_correct": sum(r["correct"] for r in results),
-              "categories": categories, "results": results}  # fmt: skip
+    report = {
+        "overall": overall,
+        "num_images": len(results),
+        "num_correct": sum(r["correct"] for r in results),
+        "categories": categories,
+        "results": results,
+    }
     if skip_unreadable:
         report["skipped"] = skipped
     return report
@@ -550,8 +567,10 @@ def format_report(report: dict) -> str:
     lines = ["| category | accuracy | correct / images |", "|---|---:|---:|"]
     for category, c in report["categories"].items():
         lines.append(f"| {category} | {100 * c['accuracy']:.1f}% | {c['correct']} / {c['total']} |")
-    lines.append(f"| **overall** (mean over categories) | **{100 * report['overall']:.1f}%** | "
-                 f"{report['num_correct']} / {report['num_images']} |")  # fmt: skip
+    lines.append(
+        f"| **overall** (mean over categories) | **{100 * report['overall']:.1f}%** | "
+        f"{report['num_correct']} / {report['num_images']} |"
+    )
     return "\n".join(lines)
 
 
@@ -622,8 +641,14 @@ def evaluate_pipeline(
     for start in range(0, len(jobs), batch_size):
         batch = jobs[start : start + batch_size]
         generators = [torch.Generator().manual_seed(seed + start + j) for j in range(len(batch))]
-        out = pipe(prompt=[e["text"] for _, e in batch], num_images_per_prompt=1, generator=generators,
-                   output_type="pil", **size_kwargs, **call_kwargs)  # fmt: skip
+        out = pipe(
+            prompt=[e["text"] for _, e in batch],
+            num_images_per_prompt=1,
+            generator=generators,
+            output_type="pil",
+            **size_kwargs,
+            **call_kwargs,
+        )
         images.extend(out.images)
     if len(images) != len(jobs):
         raise RuntimeError(f"the pipeline returned {len(images)} images for {len(jobs)} requests")

@@ -136,8 +136,11 @@ def make_spec(category: str, objects: list, relation: Optional[str] = None) -> d
         `dict`: `{"category", "objects", "relation"}`.
     """
     objs = [dict(o) if isinstance(o, dict) else _obj(*o) for o in objects]
-    spec = {"category": category, "objects": [_obj(o["shape"], o.get("color"), o.get("count", 1)) for o in objs],
-            "relation": relation}  # fmt: skip
+    spec = {
+        "category": category,
+        "objects": [_obj(o["shape"], o.get("color"), o.get("count", 1)) for o in objs],
+        "relation": relation,
+    }
     validate_spec(spec)
     return spec
 
@@ -431,8 +434,12 @@ def _background_array(bg: Background, size: int) -> np.ndarray:
         coords = (np.arange(n, dtype=np.float32) + 0.5) / n
         u, v = coords[None, :], coords[:, None]
         if bg.kind == "stripes":
-            t = {"horizontal": v + 0 * u, "vertical": u + 0 * v, "diagonal": (u + v) / np.sqrt(2),
-                 "antidiagonal": (u - v) / np.sqrt(2)}[bg.orientation]  # fmt: skip
+            t = {
+                "horizontal": v + 0 * u,
+                "vertical": u + 0 * v,
+                "diagonal": (u + v) / np.sqrt(2),
+                "antidiagonal": (u - v) / np.sqrt(2),
+            }[bg.orientation]
             mod = (np.floor(t / bg.period + bg.phase[0]) % 2) - 0.5
         elif bg.kind == "checks":
             mod = ((np.floor(u / bg.period + bg.phase[0]) + np.floor(v / bg.period + bg.phase[1])) % 2) - 0.5
@@ -514,23 +521,23 @@ configs:
 # Shapes world
 
 Synthetic compositional text-to-image data written by `diffusers_bit.evaluation.write_shapes_dataset` (command line:
-`diffusers-bit shapes-data`) with `seed={seed}`, `size={size}`: {counts['train']} train, {counts['validation']}
-validation and {counts['test']} test images of {size}x{size} px. Regenerating with the same arguments gives
+`diffusers-bit shapes-data`) with `seed={seed}`, `size={size}`: {counts["train"]} train, {counts["validation"]}
+validation and {counts["test"]} test images of {size}x{size} px. Regenerating with the same arguments gives
 byte-identical files.
 
 - Shapes: circle, square, upright triangle; sizes small (0.22 of the side) and large (0.34); no overlaps.
 - Palette (sRGB, times a brightness factor in [0.92, 1.04]): {palette}.
 - Backgrounds: neutral grey, plain or with low-contrast stripes, checks or smooth noise.
-- Categories (GenEval-style): {', '.join(CATEGORIES)}; every image shows exactly the objects its caption names.
+- Categories (GenEval-style): {", ".join(CATEGORIES)}; every image shows exactly the objects its caption names.
 
 ## Splits
 
 - `train`: seen compositions only.
-- `validation`: seen compositions, new layouts ({_prompt_note(prompt_counts, 'validation')}).
-- `test`: held-out compositions only ({_prompt_note(prompt_counts, 'test')}).
+- `validation`: seen compositions, new layouts ({_prompt_note(prompt_counts, "validation")}).
+- `test`: held-out compositions only ({_prompt_note(prompt_counts, "test")}).
 
 Held-out compositions (never captioned in `train`; in `colors` and `color_attr`, every caption that binds
-{', '.join(f'{c} to {s}' for c, s in HELD_OUT_COLOR_SHAPES)}):
+{", ".join(f"{c} to {s}" for c, s in HELD_OUT_COLOR_SHAPES)}):
 
 {held}
 
@@ -599,8 +606,10 @@ def write_shapes_dataset(
         raise ValueError(f"`output_dir` {str(output_dir)!r} exists and is not a folder")
     if output_dir.exists() and any(output_dir.iterdir()):
         if not overwrite:
-            raise ValueError(f"`output_dir` {str(output_dir)!r} is not empty; pass `overwrite=True` (command line: "
-                             "--overwrite) to replace the shapes data in it")  # fmt: skip
+            raise ValueError(
+                f"`output_dir` {str(output_dir)!r} is not empty; pass `overwrite=True` (command line: "
+                "--overwrite) to replace the shapes data in it"
+            )
         for split in SPLITS:
             if (output_dir / split).is_dir():
                 shutil.rmtree(output_dir / split)
@@ -622,11 +631,18 @@ def write_shapes_dataset(
                 scene = make_scene(split, index, seed)
                 file_name = f"{index:0{width}d}.png"
                 render(scene, size).save(folder / file_name, format="PNG")
-                row = {"file_name": file_name, "text": scene.caption, "category": scene.spec["category"],
-                       "spec": json.dumps(scene.spec), "layout": json.dumps(scene.layout())}  # fmt: skip
+                row = {
+                    "file_name": file_name,
+                    "text": scene.caption,
+                    "category": scene.spec["category"],
+                    "spec": json.dumps(scene.spec),
+                    "layout": json.dumps(scene.layout()),
+                }
                 meta.write(json.dumps(row) + "\n")
-                entry = prompts.setdefault(scene.caption, {"text": scene.caption, "category": row["category"],
-                                                           "spec": row["spec"], "num_images": 0})  # fmt: skip
+                entry = prompts.setdefault(
+                    scene.caption,
+                    {"text": scene.caption, "category": row["category"], "spec": row["spec"], "num_images": 0},
+                )
                 entry["num_images"] += 1
         prompt_counts[split] = len(prompts)
         if split != "train":

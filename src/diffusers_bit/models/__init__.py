@@ -5,6 +5,6 @@ from .binary_latent_tokenizer import (
     BinaryTokenizerOutput,
 )
 from .binary_quantizer import BinaryQuantizer
-from .layers import TextKV, text_layer_indices
+from .text_conditioning import TextKV, text_layer_indices
 from .transformer_bit_ar import BinaryARCache, BinaryARTransformer
 from .transformer_bit_dit import BinaryDiT

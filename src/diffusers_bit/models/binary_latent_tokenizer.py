@@ -20,17 +20,13 @@ from diffusers.utils import BaseOutput
 from ..utils.checks import StrictConfigMixin, check_finite
 from ..utils.remote_code import RemoteCodeMixin
 from ..utils.torch_utils import GeneratorType
+from .attention import Attention, AttentionDispatchMixin
 from .binary_quantizer import BinaryQuantizer
-from .layers import (
-    RESAMPLE_BLOCKS,
-    ROPE_LAYOUTS,
-    Attention,
-    RMSNorm,
-    SwiGLU,
-    rope_cos_sin,
-    run_block,
-    sincos_2d_embedding,
-)
+from .embeddings import ROPE_LAYOUTS, rope_cos_sin, sincos_2d_embedding
+from .feed_forward import SwiGLU
+from .gradient_checkpointing import run_block
+from .normalization import RMSNorm
+from .resampling import RESAMPLE_BLOCKS
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 POSITION_EMBEDDING_TYPES = (None, "sincos")
@@ -140,7 +136,9 @@ class _RotaryTower(nn.Module):
         positions = positions.to(weight_dtype if dtype == "auto" else _DTYPES[dtype])
         return rope_cos_sin(positions, self._rope["axes_dim"], self._rope["theta"], self._rope["layout"])
 
-    def grid_embedding(self, height: int, width: int, scale: Optional[float], dtype: torch.dtype) -> Optional[torch.Tensor]:
+    def grid_embedding(
+        self, height: int, width: int, scale: Optional[float], dtype: torch.dtype
+    ) -> Optional[torch.Tensor]:
         """The additive position embedding `(1, height * width, C)` of the image grid, or `None` when disabled."""
         if self._rope["position_embedding_type"] is None:
             return None
@@ -296,7 +294,7 @@ class LinearPixelHead(nn.Module):
         return patches.permute(0, 5, 1, 3, 2, 4).reshape(tokens.shape[0], self.out_channels, height * p, width * p)
 
 
-class BinaryLatentTokenizer(RemoteCodeMixin, StrictConfigMixin, ModelMixin, ConfigMixin):
+class BinaryLatentTokenizer(AttentionDispatchMixin, RemoteCodeMixin, StrictConfigMixin, ModelMixin, ConfigMixin):
     r"""1D binary latent tokenizer: an image becomes `num_latent_tokens` tokens of `bits_per_token` bits each (128 x
     64 bits = 1 KiB for the paper model) and decodes back at any resolution the config supports.
 
@@ -393,9 +391,13 @@ class BinaryLatentTokenizer(RemoteCodeMixin, StrictConfigMixin, ModelMixin, Conf
             "rope_layout": ROPE_LAYOUTS,
             "position_embedding_type": POSITION_EMBEDDING_TYPES,
         }
-        for name, value in (("rope_position_dtype", rope_position_dtype), ("resample_type", resample_type),
-                            ("pixel_head_type", pixel_head_type), ("rope_layout", rope_layout),
-                            ("position_embedding_type", position_embedding_type)):
+        for name, value in (
+            ("rope_position_dtype", rope_position_dtype),
+            ("resample_type", resample_type),
+            ("pixel_head_type", pixel_head_type),
+            ("rope_layout", rope_layout),
+            ("position_embedding_type", position_embedding_type),
+        ):
             if value not in choices[name]:
                 raise ValueError(f"`{name}` must be one of {list(choices[name])}, got {value!r}")
         for name, heads in (("encoder_head_dim", encoder_head_dim), ("decoder_head_dim", decoder_head_dim)):
@@ -403,26 +405,50 @@ class BinaryLatentTokenizer(RemoteCodeMixin, StrictConfigMixin, ModelMixin, Conf
                 raise ValueError(f"`axes_dims_rope` {list(axes_dims_rope)} must sum to `{name}` ({heads})")
         if pixel_head_type == "conv" and patch_size & (patch_size - 1):
             raise ValueError(f"`pixel_head_type='conv'` needs a power-of-two `patch_size`, got {patch_size}")
-        for name, blocks, depth in (("encoder_downsample_blocks", encoder_downsample_blocks, encoder_layers),
-                                    ("decoder_upsample_blocks", decoder_upsample_blocks, decoder_layers)):
+        for name, blocks, depth in (
+            ("encoder_downsample_blocks", encoder_downsample_blocks, encoder_layers),
+            ("decoder_upsample_blocks", decoder_upsample_blocks, decoder_layers),
+        ):
             if any(not 0 <= b < depth for b in blocks):
                 raise ValueError(f"`{name}` must index blocks 0..{depth - 1}, got {list(blocks)}")
 
         if not isinstance(latent_index_embedding, bool):
             raise ValueError(f"`latent_index_embedding` must be true or false, got {latent_index_embedding!r}")
-        rope = {"axes_dim": list(axes_dims_rope), "theta": rope_theta, "position_dtype": rope_position_dtype,
-                "layout": rope_layout, "position_embedding_type": position_embedding_type}  # fmt: skip
+        rope = {
+            "axes_dim": list(axes_dims_rope),
+            "theta": rope_theta,
+            "position_dtype": rope_position_dtype,
+            "layout": rope_layout,
+            "position_embedding_type": position_embedding_type,
+        }
         encoder_dim = encoder_num_heads * encoder_head_dim
         decoder_dim = decoder_num_heads * decoder_head_dim
         self.encoder = BinaryLatentEncoder(
-            in_channels, patch_size, num_latent_tokens, encoder_layers, encoder_num_heads, encoder_head_dim,
-            encoder_downsample_blocks, resample_type, mlp_ratio, norm_eps, rope,
-        )  # fmt: skip
+            in_channels,
+            patch_size,
+            num_latent_tokens,
+            encoder_layers,
+            encoder_num_heads,
+            encoder_head_dim,
+            encoder_downsample_blocks,
+            resample_type,
+            mlp_ratio,
+            norm_eps,
+            rope,
+        )
         self.quantizer = BinaryQuantizer(encoder_dim, bits_per_token)
         self.decoder = BinaryLatentDecoder(
-            encoder_dim, decoder_layers, decoder_num_heads, decoder_head_dim, decoder_upsample_blocks, resample_type,
-            mlp_ratio, norm_eps, rope, num_latent_tokens if latent_index_embedding else None,
-        )  # fmt: skip
+            encoder_dim,
+            decoder_layers,
+            decoder_num_heads,
+            decoder_head_dim,
+            decoder_upsample_blocks,
+            resample_type,
+            mlp_ratio,
+            norm_eps,
+            rope,
+            num_latent_tokens if latent_index_embedding else None,
+        )
         head_cls = LinearPixelHead if pixel_head_type == "linear" else ConvPixelHead
         self.pixel_head = head_cls(decoder_dim, patch_size, in_channels)
 
@@ -542,8 +568,10 @@ class BinaryLatentTokenizer(RemoteCodeMixin, StrictConfigMixin, ModelMixin, Conf
         if images.shape[1] != self.config.in_channels:
             raise ValueError(f"`images` must have {self.config.in_channels} channels, got {images.shape[1]}")
         if not images.is_floating_point():
-            raise ValueError(f"`images` must be a floating-point tensor in [-1, 1], got {images.dtype} (for uint8 "
-                             "images use `images / 127.5 - 1`)")  # fmt: skip
+            raise ValueError(
+                f"`images` must be a floating-point tensor in [-1, 1], got {images.dtype} (for uint8 "
+                "images use `images / 127.5 - 1`)"
+            )
         check_finite("images", images)
         low, high = (-1.0, 1.0) if images.is_meta else (float(images.min()), float(images.max()))
         if low < -1 - IMAGE_RANGE_TOLERANCE or high > 1 + IMAGE_RANGE_TOLERANCE:

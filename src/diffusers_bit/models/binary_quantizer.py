@@ -2,12 +2,11 @@
 """Binary quantizer of the 1D binary latent tokenizer: sigmoid + Bernoulli, with a learned bit embedding."""
 
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 import torch.nn as nn
 
-from ..utils.torch_utils import GeneratorType, bernoulli
+from ..utils.torch_utils import GeneratorType, sample_bits
 
 
 @dataclass
@@ -31,9 +30,9 @@ class QuantizerOutput:
 class BinaryQuantizer(nn.Module):
     r"""Project encoder tokens to `K` bit logits, binarise, and embed the bits back to the decoder width.
 
-    Binarisation is `sigmoid(logits) > 0.5` when `sample=False` (inference); with `sample=True` (training) the bits
-    are drawn from `Bernoulli(sigmoid(logits / temperature))` and the decoder input uses the straight-through
-    estimator `bits + sigmoid(logits) - sigmoid(logits).detach()`. A temperature of 0 is deterministic.
+    Binarisation is greedy, `logits > 0`, when `sample=False` (inference); with `sample=True` (training) the bits are
+    drawn from `Bernoulli(sigmoid(logits / temperature))`, greedy again at temperature 0 (see [`sample_bits`]). In
+    training the decoder input uses the straight-through estimator `bits + sigmoid(logits) - sigmoid(logits).detach()`.
 
     Args:
         dim (`int`): Width `C` of the encoder output and of the bit embedding.
@@ -60,9 +59,6 @@ class BinaryQuantizer(nn.Module):
         logits = self.proj(hidden_states)
         probs = torch.sigmoid(logits)
         code_loss = (probs * (1 - probs)).mean()
-        if sample and temperature > 0:
-            bits = bernoulli(torch.sigmoid(logits.detach() / temperature), generator)
-        else:
-            bits = (probs.detach() > 0.5).to(logits.dtype)
+        bits = sample_bits(logits.detach(), temperature if sample else 0.0, generator).to(logits.dtype)
         straight_through = bits + probs - probs.detach() if torch.is_grad_enabled() and probs.requires_grad else bits
         return QuantizerOutput(bits=bits, latents=self.embed_bits(straight_through), logits=logits, code_loss=code_loss)

@@ -14,16 +14,11 @@ from diffusers.models.modeling_utils import ModelMixin
 
 from ..utils.checks import StrictConfigMixin
 from ..utils.remote_code import RemoteCodeMixin
-from .layers import (
-    Attention,
-    KVCacheLayer,
-    RMSNorm,
-    TextConditioningMixin,
-    TextKV,
-    block_text_kv,
-    joint_attention_mask,
-    run_block,
-)
+from .attention import Attention, AttentionDispatchMixin, KVCacheLayer, joint_attention_mask
+from .gradient_checkpointing import run_block
+from .lora import apply_lora_scale
+from .normalization import RMSNorm
+from .text_conditioning import TextConditioningMixin, TextKV, TextProjectionMixin
 
 
 class BinaryARCache:
@@ -41,9 +36,10 @@ class BinaryARCache:
         return self.layers[0].length
 
 
-class BinaryARBlock(nn.Module):
+class BinaryARBlock(TextProjectionMixin, nn.Module):
     r"""Pre-RMSNorm block: the normed image tokens get the block's learned position embedding and attend (causally
-    among themselves, to all real text tokens) over `[text; image]`; then RMSNorm -> GELU MLP; plain residuals."""
+    among themselves, to all real text tokens) over `[text; image]`; then RMSNorm -> GELU MLP; plain residuals. The
+    block projects its own text ([`~TextProjectionMixin.text_kv`])."""
 
     def __init__(self, dim: int, num_heads: int, text_embed_dim: int, num_tokens: int, mlp_ratio: float, eps: float):
         super().__init__()
@@ -70,7 +66,7 @@ class BinaryARBlock(nn.Module):
             attention_mask (`(B, 1, n, T + K)` bool, *optional*): Padding + causal mask.
             kv_cache ([`KVCacheLayer`], *optional*): Earlier image keys/values; this call's are appended.
         """
-        text_kv = block_text_kv(self, text) if isinstance(text, torch.Tensor) else text
+        text_kv = self.text_kv(text) if isinstance(text, torch.Tensor) else text
         n = hidden_states.shape[1]
         norm_hidden_states = self.norm1(hidden_states) + self.pos_embed[:, position_offset : position_offset + n]
         hidden_states = hidden_states + self.attn(
@@ -82,7 +78,15 @@ class BinaryARBlock(nn.Module):
         return hidden_states
 
 
-class BinaryARTransformer(RemoteCodeMixin, StrictConfigMixin, ModelMixin, ConfigMixin, PeftAdapterMixin, TextConditioningMixin):
+class BinaryARTransformer(
+    AttentionDispatchMixin,
+    RemoteCodeMixin,
+    StrictConfigMixin,
+    ModelMixin,
+    ConfigMixin,
+    PeftAdapterMixin,
+    TextConditioningMixin,
+):
     r"""Causal transformer over 1D binary latents (Instella-T2I AR).
 
     The sequence is `[split; x_1 .. x_n]`: a learned split token followed by the embedded bit vectors. Output `i`
@@ -148,12 +152,15 @@ class BinaryARTransformer(RemoteCodeMixin, StrictConfigMixin, ModelMixin, Config
         shape = (batch_size, heads, max_length, head_dim)
         return BinaryARCache(
             [
-                KVCacheLayer(torch.empty(shape, device=self.device, dtype=self.dtype),
-                             torch.empty(shape, device=self.device, dtype=self.dtype))
+                KVCacheLayer(
+                    torch.empty(shape, device=self.device, dtype=self.dtype),
+                    torch.empty(shape, device=self.device, dtype=self.dtype),
+                )
                 for _ in self.transformer_blocks
             ]
-        )  # fmt: skip
+        )
 
+    @apply_lora_scale
     def forward(
         self,
         hidden_states: Optional[torch.Tensor] = None,
@@ -163,6 +170,7 @@ class BinaryARTransformer(RemoteCodeMixin, StrictConfigMixin, ModelMixin, Config
         kv_cache: Optional[BinaryARCache] = None,
         batch_size: Optional[int] = None,
         return_dict: bool = True,
+        attention_kwargs: Optional[dict] = None,
     ) -> Union[Transformer2DModelOutput, tuple]:
         r"""
         Args:
@@ -172,6 +180,8 @@ class BinaryARTransformer(RemoteCodeMixin, StrictConfigMixin, ModelMixin, Config
             kv_cache ([`BinaryARCache`], *optional*): Incremental decoding. When the cache is empty the split token is
                 prepended to `hidden_states`; otherwise only `hidden_states` is processed.
             batch_size (`int`, *optional*): Batch size when `hidden_states` is `None` (default: the text batch).
+            attention_kwargs (`dict`, *optional*): `{"scale": s}` scales the loaded LoRA adapters, as in
+                [`BinaryDiT`].
 
         Returns:
             `sample` `(B, m, in_channels)`: bit logits for every processed position (`m = n + 1` when the split

@@ -16,15 +16,19 @@ from diffusers.models.normalization import AdaLayerNormContinuous, AdaLayerNormZ
 
 from ..utils.checks import StrictConfigMixin
 from ..utils.remote_code import RemoteCodeMixin
-from .layers import Attention, TextConditioningMixin, TextKV, block_text_kv, joint_attention_mask, run_block
+from .attention import Attention, AttentionDispatchMixin, joint_attention_mask
+from .gradient_checkpointing import run_block
+from .lora import apply_lora_scale
+from .text_conditioning import TextConditioningMixin, TextKV, TextProjectionMixin
 
 
-class BinaryDiTBlock(nn.Module):
+class BinaryDiTBlock(TextProjectionMixin, nn.Module):
     r"""AdaLN-Zero block with joint attention: image tokens are the only queries, keys/values are `[text; image]`.
 
     The image tokens are modulated by `norm1` (shift/scale from the time embedding), get the block's own learned
     position embedding, and attend over the projected text of this block's LLM layer and themselves; the MLP branch
-    is a LayerNorm modulated by `(1 + scale_mlp), shift_mlp`; both residuals are gated.
+    is a LayerNorm modulated by `(1 + scale_mlp), shift_mlp`; both residuals are gated. The block projects its own
+    text ([`~TextProjectionMixin.text_kv`]).
     """
 
     def __init__(self, dim: int, num_heads: int, text_embed_dim: int, num_tokens: int, mlp_ratio: float, eps: float):
@@ -50,7 +54,7 @@ class BinaryDiTBlock(nn.Module):
             text: Raw text features `(B, T, C_text)` of this block's LLM layer, or their precomputed `(keys, values)`.
             attention_mask (`(B, 1, N, T + N)` bool, *optional*): Key padding mask.
         """
-        text_kv = block_text_kv(self, text) if isinstance(text, torch.Tensor) else text
+        text_kv = self.text_kv(text) if isinstance(text, torch.Tensor) else text
         norm_hidden_states, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.norm1(hidden_states, emb=temb)
         norm_hidden_states = norm_hidden_states + self.pos_embed
         attn_output = self.attn(norm_hidden_states, prefix_kv=text_kv, attention_mask=attention_mask)
@@ -62,7 +66,15 @@ class BinaryDiTBlock(nn.Module):
         return hidden_states
 
 
-class BinaryDiT(RemoteCodeMixin, StrictConfigMixin, ModelMixin, ConfigMixin, PeftAdapterMixin, TextConditioningMixin):
+class BinaryDiT(
+    AttentionDispatchMixin,
+    RemoteCodeMixin,
+    StrictConfigMixin,
+    ModelMixin,
+    ConfigMixin,
+    PeftAdapterMixin,
+    TextConditioningMixin,
+):
     r"""Diffusion transformer in 1D binary latent space (Instella-T2I).
 
     Input: noisy bits `z_t` `(B, num_tokens, in_channels)` and the continuous time `t` in [0, 1] (1 = pure noise),
@@ -135,6 +147,7 @@ class BinaryDiT(RemoteCodeMixin, StrictConfigMixin, ModelMixin, ConfigMixin, Pef
                 nn.init.zeros_(layer.weight)
                 nn.init.zeros_(layer.bias)
 
+    @apply_lora_scale
     def forward(
         self,
         hidden_states: torch.Tensor,
@@ -143,6 +156,7 @@ class BinaryDiT(RemoteCodeMixin, StrictConfigMixin, ModelMixin, ConfigMixin, Pef
         encoder_attention_mask: Optional[torch.Tensor] = None,
         text_kv: Optional[TextKV] = None,
         return_dict: bool = True,
+        attention_kwargs: Optional[dict] = None,
     ) -> Union[Transformer2DModelOutput, tuple]:
         r"""
         Args:
@@ -153,6 +167,8 @@ class BinaryDiT(RemoteCodeMixin, StrictConfigMixin, ModelMixin, ConfigMixin, Pef
             encoder_attention_mask (`torch.Tensor` of shape `(B, T)`, *optional*): 1 for real tokens, 0 for padding.
             text_kv ([`TextKV`], *optional*): From [`~TextConditioningMixin.prepare_text_kv`]; skips the text
                 projections.
+            attention_kwargs (`dict`, *optional*): `{"scale": s}` multiplies the output of the loaded LoRA adapters
+                by `s` for this call (diffusers' convention; 0 gives the base model's output).
 
         Returns:
             [`~models.modeling_outputs.Transformer2DModelOutput`] whose `sample` `(B, num_tokens, in_channels)` holds

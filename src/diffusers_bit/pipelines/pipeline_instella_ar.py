@@ -10,9 +10,10 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 # imported eagerly: diffusers resolves saved components through sys.modules
 from ..models.binary_latent_tokenizer import BinaryLatentTokenizer
+from ..models.lora import lora_scale_of
 from ..models.transformer_bit_ar import BinaryARTransformer
 from ..utils.checks import check_bits
-from ..utils.torch_utils import bernoulli
+from ..utils.torch_utils import sample_bits
 from .pipeline_instella_common import InstellaPipelineBase
 
 EXAMPLE_DOC_STRING = """
@@ -41,7 +42,7 @@ class InstellaARPipeline(InstellaPipelineBase):
     """
 
     _pipeline_kind = "InstellaARPipeline"
-    _sampling_defaults = {"guidance_scale": 8.5, "temperature": 0.6, "use_kv_cache": True}
+    _sampling_parameters = ("guidance_scale", "temperature", "use_kv_cache")
 
     def __init__(
         self,
@@ -57,16 +58,43 @@ class InstellaARPipeline(InstellaPipelineBase):
         self._post_init()
 
     def check_inputs(
-        self, prompt, negative_prompt, height, width, guidance_scale, temperature, num_images_per_prompt, generator,
-        prompt_embeds, prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask, output_type,
-        callback_on_step_end_tensor_inputs, max_sequence_length, use_kv_cache, prefix_latents=None,
-    ) -> int:  # fmt: skip
+        self,
+        prompt,
+        negative_prompt,
+        height,
+        width,
+        guidance_scale,
+        temperature,
+        num_images_per_prompt,
+        generator,
+        prompt_embeds,
+        prompt_attention_mask,
+        negative_prompt_embeds,
+        negative_prompt_attention_mask,
+        output_type,
+        callback_on_step_end_tensor_inputs,
+        max_sequence_length,
+        use_kv_cache,
+        prefix_latents=None,
+    ) -> int:
         """Validate every argument (before any model runs); return the prompt batch size."""
         batch = self._check_common_inputs(
-            prompt, negative_prompt, height, width, guidance_scale, temperature, num_images_per_prompt, generator,
-            prompt_embeds, prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask, output_type,
-            callback_on_step_end_tensor_inputs, max_sequence_length,
-        )  # fmt: skip
+            prompt,
+            negative_prompt,
+            height,
+            width,
+            guidance_scale,
+            temperature,
+            num_images_per_prompt,
+            generator,
+            prompt_embeds,
+            prompt_attention_mask,
+            negative_prompt_embeds,
+            negative_prompt_attention_mask,
+            output_type,
+            callback_on_step_end_tensor_inputs,
+            max_sequence_length,
+        )
         if not isinstance(use_kv_cache, bool):
             raise TypeError(f"`use_kv_cache` must be a bool, got {type(use_kv_cache).__name__}")
         if prefix_latents is not None:
@@ -74,30 +102,30 @@ class InstellaARPipeline(InstellaPipelineBase):
             if not isinstance(prefix_latents, torch.Tensor):
                 raise TypeError(f"`prefix_latents` must be a torch.Tensor of bits, got {type(prefix_latents).__name__}")
             rows = (1, batch, batch * num_images_per_prompt)
-            if (prefix_latents.ndim != 3 or prefix_latents.shape[0] not in rows or prefix_latents.shape[-1] != config.in_channels
-                    or not 1 <= prefix_latents.shape[1] <= config.num_tokens):  # fmt: skip
-                raise ValueError(f"`prefix_latents` must have shape (B, k, {config.in_channels}) with B in {sorted(set(rows))} "
-                                 f"and 1 <= k <= {config.num_tokens}, got {tuple(prefix_latents.shape)}")  # fmt: skip
+            if (
+                prefix_latents.ndim != 3
+                or prefix_latents.shape[0] not in rows
+                or prefix_latents.shape[-1] != config.in_channels
+                or not 1 <= prefix_latents.shape[1] <= config.num_tokens
+            ):
+                raise ValueError(
+                    f"`prefix_latents` must have shape (B, k, {config.in_channels}) with B in {sorted(set(rows))} "
+                    f"and 1 <= k <= {config.num_tokens}, got {tuple(prefix_latents.shape)}"
+                )
             check_bits("prefix_latents", prefix_latents)
         return batch
-
-    @staticmethod
-    def sample_bits(logits: torch.Tensor, temperature: float, generator=None) -> torch.Tensor:
-        """Bits from `(B, n, K)` logits: `Bernoulli(sigmoid(logits / temperature))`, or `logits > 0` at temperature 0."""
-        if temperature == 0:
-            return (logits > 0).float()
-        return bernoulli(torch.sigmoid(logits.float() / temperature), generator)
 
     def _next_logits(self, tokens, new_tokens, text_kv, cache, rebuild_cache: bool):
         """Logits `(rows, K)` for the next token; `tokens` / `new_tokens` are the conditional rows only."""
         duplicate = lambda x: torch.cat([x, x]) if self.do_classifier_free_guidance else x  # noqa: E731
+        kwargs = {"text_kv": text_kv, "attention_kwargs": self.attention_kwargs}
         if cache is None:
-            return self.transformer(duplicate(tokens), text_kv=text_kv).sample[:, -1].float()
+            return self.transformer(duplicate(tokens), **kwargs).sample[:, -1].float()
         if rebuild_cache:
             cache = self.transformer.allocate_kv_cache(text_kv.batch_size)
             self._cache = cache
-            return self.transformer(duplicate(tokens), text_kv=text_kv, kv_cache=cache).sample[:, -1].float()
-        return self.transformer(duplicate(new_tokens), text_kv=text_kv, kv_cache=cache).sample[:, -1].float()
+            return self.transformer(duplicate(tokens), kv_cache=cache, **kwargs).sample[:, -1].float()
+        return self.transformer(duplicate(new_tokens), kv_cache=cache, **kwargs).sample[:, -1].float()
 
     @torch.no_grad()
     @replace_example_docstring(EXAMPLE_DOC_STRING)
@@ -122,6 +150,7 @@ class InstellaARPipeline(InstellaPipelineBase):
         max_sequence_length: int = 128,
         use_kv_cache: bool = True,
         prefix_latents: Optional[torch.Tensor] = None,
+        attention_kwargs: Optional[dict] = None,
     ) -> Union[ImagePipelineOutput, tuple]:
         r"""Generate images token by token.
 
@@ -142,19 +171,46 @@ class InstellaARPipeline(InstellaPipelineBase):
                 What the prefix fixes depends on what the tokenizer put into its first tokens; in a 1D tokenizer
                 these are not an image region, so the kept part shows up as global traits (layout, colours) rather
                 than a fixed crop, and more tokens keep more of the image.
+            attention_kwargs (`dict`, *optional*): `{"scale": s}` multiplies the output of the loaded LoRA adapters by
+                `s` (diffusers' convention; 0 gives the base model, 1 is the default). See `load_lora_weights`.
 
         Examples:
         """
-        callback_on_step_end_tensor_inputs = self._callback_inputs(callback_on_step_end, callback_on_step_end_tensor_inputs)
+        callback_on_step_end_tensor_inputs = self._callback_inputs(
+            callback_on_step_end, callback_on_step_end_tensor_inputs
+        )
+        lora_scale_of(attention_kwargs)  # checked before any model runs
         batch = self.check_inputs(
-            prompt, negative_prompt, height, width, guidance_scale, temperature, num_images_per_prompt, generator,
-            prompt_embeds, prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask, output_type,
-            callback_on_step_end_tensor_inputs, max_sequence_length, use_kv_cache, prefix_latents,
-        )  # fmt: skip
+            prompt,
+            negative_prompt,
+            height,
+            width,
+            guidance_scale,
+            temperature,
+            num_images_per_prompt,
+            generator,
+            prompt_embeds,
+            prompt_attention_mask,
+            negative_prompt_embeds,
+            negative_prompt_attention_mask,
+            output_type,
+            callback_on_step_end_tensor_inputs,
+            max_sequence_length,
+            use_kv_cache,
+            prefix_latents,
+        )
         text_kv = self._begin_call(
-            prompt, negative_prompt, guidance_scale, num_images_per_prompt, prompt_embeds, prompt_attention_mask,
-            negative_prompt_embeds, negative_prompt_attention_mask, max_sequence_length,
-        )  # fmt: skip
+            prompt,
+            negative_prompt,
+            guidance_scale,
+            num_images_per_prompt,
+            prompt_embeds,
+            prompt_attention_mask,
+            negative_prompt_embeds,
+            negative_prompt_attention_mask,
+            max_sequence_length,
+            attention_kwargs,
+        )
         device, num_images = self._execution_device, batch * num_images_per_prompt
         config = self.transformer.config
         self._cache = self.transformer.allocate_kv_cache(text_kv.batch_size) if use_kv_cache else None
@@ -162,9 +218,17 @@ class InstellaARPipeline(InstellaPipelineBase):
         start = 0
         if prefix_latents is None:
             latents = torch.zeros(num_images, 0, config.in_channels, device=device)
-            logits = self.transformer(
-                None, text_kv=text_kv, kv_cache=self._cache, batch_size=text_kv.batch_size
-            ).sample[:, -1].float()  # fmt: skip
+            logits = (
+                self.transformer(
+                    None,
+                    text_kv=text_kv,
+                    kv_cache=self._cache,
+                    batch_size=text_kv.batch_size,
+                    attention_kwargs=self.attention_kwargs,
+                )
+                .sample[:, -1]
+                .float()
+            )
         else:
             latents = prefix_latents.to(device=device, dtype=torch.float32)
             if latents.shape[0] == 1:
@@ -178,7 +242,7 @@ class InstellaARPipeline(InstellaPipelineBase):
             for i in range(start, config.num_tokens):
                 if self.interrupt:
                     break
-                new_tokens = self.sample_bits(self.guide(logits)[:, None], temperature, generator)
+                new_tokens = sample_bits(self.guide(logits)[:, None], temperature, generator)
                 latents = torch.cat([latents, new_tokens], dim=1)
                 outputs = self._run_callback(callback_on_step_end, i, i, callback_on_step_end_tensor_inputs, locals())
                 replaced = "latents" in outputs and outputs["latents"] is not latents

@@ -2,6 +2,7 @@
 """What the Instella diffusion and AR pipelines share: prompt encoding with per-layer LLM features, input checks,
 rendering bits to images, loading from Hub repo ids and pushing with a model card."""
 
+import inspect
 import os
 import tempfile
 from typing import Any, Callable, Optional, Union
@@ -12,8 +13,10 @@ from diffusers import DiffusionPipeline
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import VaeImageProcessor
 
+from ..loaders.lora_pipeline import InstellaLoraLoaderMixin
 from ..models import BinaryLatentTokenizer
-from ..models.layers import zero_padding
+from ..models.lora import lora_scale_of
+from ..models.text_conditioning import zero_padding
 from ..utils.checks import (
     check_bits,
     check_component_folder,
@@ -31,32 +34,38 @@ from ..utils.package_models import (
     write_reference,
 )
 from ..utils.remote_code import export_pipeline, normalize_index, remove_remote_code, strip_remote_code
+from ..utils.text_encoders import text_padding_side
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 # pipeline class -> the generator class its folders hold
 INSTELLA_PIPELINES = {"InstellaT2IPipeline": "BinaryDiT", "InstellaARPipeline": "BinaryARTransformer"}
 
 
-def is_causal_text_encoder(text_encoder) -> bool:
-    """Decoder-only language models get left padding (as the authors do for AMD-OLMo); encoders get right padding."""
-    config = getattr(text_encoder, "config", None)
-    return "CausalLM" in type(text_encoder).__name__ or bool(getattr(config, "is_decoder", False))
-
-
-def stack_hidden_states(hidden_states: Union[torch.Tensor, list, tuple], name: str) -> torch.Tensor:
-    """Per-layer text features as one `(L, B, T, C)` tensor."""
+def text_features_shape(hidden_states: Union[torch.Tensor, list, tuple], name: str) -> tuple[int, int, int, int]:
+    r"""The `(L, B, T, C)` shape of per-layer text features passed as one `(L, B, T, C)` tensor or as a list of `L`
+    `(B, T, C)` tensors of one shape; a `ValueError` / `TypeError` naming `name` for anything else. Copies nothing."""
     if isinstance(hidden_states, torch.Tensor):
         if hidden_states.ndim != 4:
-            raise ValueError(f"`{name}` must be a (layers, batch, tokens, dim) tensor or a list of (batch, tokens, dim) "
-                             f"tensors, got shape {tuple(hidden_states.shape)}")  # fmt: skip
-        return hidden_states
-    if isinstance(hidden_states, (list, tuple)) and hidden_states and all(
-        isinstance(h, torch.Tensor) and h.ndim == 3 for h in hidden_states
+            raise ValueError(
+                f"`{name}` must be a (layers, batch, tokens, dim) tensor or a list of (batch, tokens, dim) "
+                f"tensors, got shape {tuple(hidden_states.shape)}"
+            )
+        return tuple(hidden_states.shape)
+    if (
+        isinstance(hidden_states, (list, tuple))
+        and hidden_states
+        and all(isinstance(h, torch.Tensor) and h.ndim == 3 for h in hidden_states)
     ):
         if len({tuple(h.shape) for h in hidden_states}) != 1:
             raise ValueError(f"all entries of `{name}` must have the same (batch, tokens, dim) shape")
-        return torch.stack(list(hidden_states))
+        return (len(hidden_states), *hidden_states[0].shape)
     raise TypeError(f"`{name}` must be a (layers, batch, tokens, dim) tensor or a list of (batch, tokens, dim) tensors")
+
+
+def stack_hidden_states(hidden_states: Union[torch.Tensor, list, tuple]) -> torch.Tensor:
+    r"""Per-layer text features as one `(L, B, T, C)` tensor: a list of `L` `(B, T, C)` tensors is stacked, a tensor
+    is returned as is. No checks: [`InstellaPipelineBase.check_text_features`] validates them first."""
+    return hidden_states if isinstance(hidden_states, torch.Tensor) else torch.stack(list(hidden_states))
 
 
 def _pad_tokens(embeds: torch.Tensor, mask: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,19 +83,21 @@ def _repeat_rows(t: Optional[torch.Tensor], repeats: int, dim: int) -> Optional[
     return t if t is None or repeats == 1 else t.repeat_interleave(repeats, dim=dim)
 
 
-class InstellaPipelineBase(DiffusionPipeline):
+class InstellaPipelineBase(DiffusionPipeline, InstellaLoraLoaderMixin):
     r"""Shared base of [`InstellaT2IPipeline`] and [`InstellaARPipeline`]; not meant to be used directly.
 
     Components common to both: `tokenizer` (text), `text_encoder` (any transformers model returning hidden states:
     `OlmoForCausalLM` for the released weights, a BERT-style encoder works too), `image_tokenizer`
-    ([`BinaryLatentTokenizer`]) and `transformer`.
+    ([`BinaryLatentTokenizer`]) and `transformer`. LoRA adapters of the `transformer`: see
+    [`~diffusers_bit.loaders.InstellaLoraLoaderMixin`].
     """
 
     model_cpu_offload_seq = "text_encoder->transformer->image_tokenizer"
     _pipeline_kind: str = ""  # the key of INSTELLA_PIPELINES whose folders this class loads; subclasses set it
     _callback_tensor_inputs = ["latents"]
-    # defaults shown in the model card; subclasses override
-    _sampling_defaults: dict = {}
+    # the `__call__` arguments that set how images are sampled (shown in model cards and evaluation reports);
+    # subclasses list them, their defaults are read from the signature (see `sampling_defaults`)
+    _sampling_parameters: tuple = ()
 
     def _post_init(self) -> None:
         self.image_processor = VaeImageProcessor(do_resize=False, do_normalize=True)
@@ -117,6 +128,35 @@ class InstellaPipelineBase(DiffusionPipeline):
             raise ValueError(f"`text_encoder` width is {width} but `transformer` expects {gen.text_embed_dim}")
 
     # ------------------------------------------------------------------------------------------------------------------
+    # Fused projections
+    # ------------------------------------------------------------------------------------------------------------------
+    def fuse_qkv_projections(self, transformer: bool = True, image_tokenizer: bool = True) -> None:
+        r"""Fuse the query, key and value projections of every attention layer of the `transformer` and/or the
+        `image_tokenizer` into one matmul (their `fuse_qkv_projections()`). Outputs equal the unfused ones up to float
+        round-off; `save_pretrained` still writes the unfused weights. For inference: fuse after loading weights and
+        adapters, and call [`unfuse_qkv_projections`] before training. LoRA adapters of the transformer must be merged
+        with `fuse_lora()` first (the fused projection is a copy their layers do not reach; refused otherwise).
+
+        Args:
+            transformer (`bool`, defaults to `True`): Fuse the generator's projections.
+            image_tokenizer (`bool`, defaults to `True`): Fuse the image tokenizer's projections.
+        """
+        if transformer:
+            self.check_qkv_fusion_allowed()  # LoRA layers not fused with `fuse_lora` would be bypassed
+        for name, wanted in (("transformer", transformer), ("image_tokenizer", image_tokenizer)):
+            component = getattr(self, name, None)
+            if wanted and component is not None:
+                component.fuse_qkv_projections()
+
+    def unfuse_qkv_projections(self, transformer: bool = True, image_tokenizer: bool = True) -> None:
+        r"""Undo [`fuse_qkv_projections`] on the `transformer` and/or the `image_tokenizer` (a no-op where nothing is
+        fused)."""
+        for name, wanted in (("transformer", transformer), ("image_tokenizer", image_tokenizer)):
+            component = getattr(self, name, None)
+            if wanted and component is not None:
+                component.unfuse_qkv_projections()
+
+    # ------------------------------------------------------------------------------------------------------------------
     # Loading and publishing
     # ------------------------------------------------------------------------------------------------------------------
     @classmethod
@@ -128,9 +168,13 @@ class InstellaPipelineBase(DiffusionPipeline):
         every other keyword (`dtype`, `variant`, ...) goes to `DiffusionPipeline.from_pretrained`. `dtype` is
         diffusers 0.42's name; the older `torch_dtype` is accepted too.
         """
-        path = resolve_snapshot(pretrained_model_name_or_path, revision=kwargs.pop("revision", None),
-                                cache_dir=kwargs.get("cache_dir"), token=kwargs.pop("token", None),
-                                local_files_only=kwargs.get("local_files_only", False))  # fmt: skip
+        path = resolve_snapshot(
+            pretrained_model_name_or_path,
+            revision=kwargs.pop("revision", None),
+            cache_dir=kwargs.get("cache_dir"),
+            token=kwargs.pop("token", None),
+            local_files_only=kwargs.get("local_files_only", False),
+        )
         if "dtype" in kwargs and "torch_dtype" in kwargs:
             raise ValueError("pass `dtype` (diffusers 0.42's name) or `torch_dtype` (its older name), not both")
         dtype = kwargs.pop("dtype", kwargs.pop("torch_dtype", None))
@@ -156,8 +200,10 @@ class InstellaPipelineBase(DiffusionPipeline):
         expected = INSTELLA_PIPELINES[cls._pipeline_kind]
         if transformer is not None and transformer != expected:
             right = {v: k for k, v in INSTELLA_PIPELINES.items()}.get(transformer, "the class that saved it")
-            raise ValueError(f"{path} holds {index.get('_class_name')} (its transformer is {transformer}); "
-                             f"{cls.__name__} needs a {expected}: load it with {right}")  # fmt: skip
+            raise ValueError(
+                f"{path} holds {index.get('_class_name')} (its transformer is {transformer}); "
+                f"{cls.__name__} needs a {expected}: load it with {right}"
+            )
         for name, entry in index.items():
             if name.startswith("_") or name in passed or not (isinstance(entry, list) and entry and entry[0]):
                 continue
@@ -241,12 +287,33 @@ class InstellaPipelineBase(DiffusionPipeline):
             with open(os.path.join(tmpdir, "README.md"), "w", encoding="utf-8") as f:
                 f.write(card)
             return huggingface_hub.upload_folder(
-                repo_id=repo_id, folder_path=tmpdir, token=token, commit_message=commit_message or "Upload pipeline",
+                repo_id=repo_id,
+                folder_path=tmpdir,
+                token=token,
+                commit_message=commit_message or "Upload pipeline",
                 create_pr=create_pr,
-            )  # fmt: skip
+            )
+
+    @classmethod
+    def sampling_defaults(cls) -> dict:
+        r"""`{name: default}` of the sampling arguments (`_sampling_parameters`), read from the signature of
+        `cls.__call__`, so they cannot disagree with it. A `None` default means "the scheduler config decides"; see
+        [`resolved_sampling_defaults`]."""
+        parameters = inspect.signature(cls.__call__).parameters
+        return {name: parameters[name].default for name in cls._sampling_parameters}
+
+    def resolved_sampling_defaults(self) -> dict:
+        r"""[`sampling_defaults`] as this pipeline uses them: a `None` default that the scheduler config sets (e.g.
+        `algorithm`) is replaced by the config's value."""
+        config = getattr(getattr(self, "scheduler", None), "config", None) or {}
+        return {
+            name: config[name] if value is None and name in config else value
+            for name, value in self.sampling_defaults().items()
+        }
 
     def sampling_defaults_text(self) -> str:
-        return ", ".join(f"`{k}={v}`" for k, v in self._sampling_defaults.items())
+        """The model card's line: `` `name=value` `` for every [`resolved_sampling_defaults`] entry."""
+        return ", ".join(f"`{k}={v}`" for k, v in self.resolved_sampling_defaults().items())
 
     # ------------------------------------------------------------------------------------------------------------------
     # Properties in the diffusers style
@@ -265,6 +332,11 @@ class InstellaPipelineBase(DiffusionPipeline):
         return getattr(self, "_interrupt", False)
 
     @property
+    def attention_kwargs(self) -> Optional[dict]:
+        """The running call's `attention_kwargs` (`{"scale": s}`: the LoRA scale), given to every transformer call."""
+        return getattr(self, "_attention_kwargs", None)
+
+    @property
     def supported_sizes(self) -> Optional[list[int]]:
         """Image sides the image tokenizer decodes."""
         return self.image_tokenizer.supported_sizes
@@ -275,8 +347,12 @@ class InstellaPipelineBase(DiffusionPipeline):
     def _text_features(self, texts: list[str], device, max_sequence_length: int):
         """Tokenize and run the text encoder; returns `(L, B, T, C)` hidden states (embedding output dropped, padded
         positions zeroed) and the `(B, T)` mask."""
-        padding_side = "left" if is_causal_text_encoder(self.text_encoder) else "right"
-        kwargs = dict(truncation=True, max_length=max_sequence_length, return_tensors="pt", padding_side=padding_side)
+        kwargs = dict(
+            truncation=True,
+            max_length=max_sequence_length,
+            return_tensors="pt",
+            padding_side=text_padding_side(self.text_encoder),
+        )
         inputs = self.tokenizer(texts, padding="longest", **kwargs)
         if inputs["input_ids"].shape[1] == 0:  # every text is empty: keep one masked token
             inputs = self.tokenizer(texts, padding="max_length", **{**kwargs, "max_length": 1})
@@ -302,13 +378,47 @@ class InstellaPipelineBase(DiffusionPipeline):
         r"""Per-layer text features of the prompts (and of the negative prompts for guidance), as the authors compute
         them: every hidden state of the text encoder after the embedding output, left padding for causal LMs (right
         for encoders), truncation at `max_sequence_length`, and conditional + unconditional texts tokenized and
-        encoded in ONE batch, padded together.
+        encoded in ONE batch, padded together. Precomputed `prompt_embeds` / `negative_prompt_embeds` are checked
+        with [`check_text_features`] and passed through.
 
         Returns:
             `(prompt_embeds, prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask)`: embeds
             of shape `(L, B * num_images_per_prompt, T, C)`, masks `(B * num_images_per_prompt, T)`; the negative
             pair is `None` without guidance. Padded positions hold zeros.
         """
+        if prompt_embeds is not None:
+            batch = self.check_text_features(prompt_embeds, prompt_attention_mask, "prompt")
+        else:
+            batch = 1 if isinstance(prompt, str) else len(prompt or [])
+        if negative_prompt_embeds is not None:
+            self.check_text_features(negative_prompt_embeds, negative_prompt_attention_mask, "negative_prompt", batch)
+        return self._encode_prompt(
+            prompt,
+            negative_prompt,
+            do_classifier_free_guidance,
+            num_images_per_prompt,
+            device,
+            prompt_embeds,
+            prompt_attention_mask,
+            negative_prompt_embeds,
+            negative_prompt_attention_mask,
+            max_sequence_length,
+        )
+
+    def _encode_prompt(
+        self,
+        prompt,
+        negative_prompt,
+        do_classifier_free_guidance,
+        num_images_per_prompt,
+        device,
+        prompt_embeds,
+        prompt_attention_mask,
+        negative_prompt_embeds,
+        negative_prompt_attention_mask,
+        max_sequence_length,
+    ):
+        """[`encode_prompt`] for text features already checked ([`check_text_features`]): runs no check again."""
         device = device or self._execution_device
         prompts = [prompt] if isinstance(prompt, str) else prompt
         if prompt_embeds is None:
@@ -319,7 +429,7 @@ class InstellaPipelineBase(DiffusionPipeline):
             if do_classifier_free_guidance and negative_prompt_embeds is None:
                 negative_prompt_embeds, negative_prompt_attention_mask = hidden[:, batch:], mask[batch:]
         else:
-            prompt_embeds = stack_hidden_states(prompt_embeds, "prompt_embeds").to(device)
+            prompt_embeds = stack_hidden_states(prompt_embeds).to(device)
             prompt_attention_mask = self._default_mask(prompt_embeds, prompt_attention_mask, device)
         if do_classifier_free_guidance and negative_prompt_embeds is None:
             negatives = self._negative_list(negative_prompt, prompt_embeds.shape[1])
@@ -327,7 +437,7 @@ class InstellaPipelineBase(DiffusionPipeline):
                 negatives, device, max_sequence_length
             )
         if negative_prompt_embeds is not None:
-            negative_prompt_embeds = stack_hidden_states(negative_prompt_embeds, "negative_prompt_embeds").to(device)
+            negative_prompt_embeds = stack_hidden_states(negative_prompt_embeds).to(device)
             negative_prompt_attention_mask = self._default_mask(
                 negative_prompt_embeds, negative_prompt_attention_mask, device
             )
@@ -354,18 +464,40 @@ class InstellaPipelineBase(DiffusionPipeline):
         return mask.to(device)
 
     def _begin_call(
-        self, prompt, negative_prompt, guidance_scale, num_images_per_prompt, prompt_embeds, prompt_attention_mask,
-        negative_prompt_embeds, negative_prompt_attention_mask, max_sequence_length,
-    ):  # fmt: skip
-        """Set the call state and encode the prompts; returns the text keys/values of `[cond; uncond]`."""
+        self,
+        prompt,
+        negative_prompt,
+        guidance_scale,
+        num_images_per_prompt,
+        prompt_embeds,
+        prompt_attention_mask,
+        negative_prompt_embeds,
+        negative_prompt_attention_mask,
+        max_sequence_length,
+        attention_kwargs=None,
+    ):
+        r"""Set the call state and encode the prompts (their features were checked by `check_inputs`); returns the
+        text keys/values of `[cond; uncond]` with `B * num_images_per_prompt` rows each. They are projected once per
+        prompt and then repeated for the images of that prompt. `attention_kwargs` (the LoRA scale) applies to the
+        text projections here and, through [`attention_kwargs`], to every transformer call of the sampler."""
         self._guidance_scale = float(guidance_scale)
         self._interrupt = False
-        embeds = self.encode_prompt(
-            prompt, negative_prompt, self.do_classifier_free_guidance, num_images_per_prompt, self._execution_device,
-            prompt_embeds, prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask,
+        self._attention_kwargs = attention_kwargs
+        self._lora_scale = lora_scale_of(attention_kwargs)
+        embeds = self._encode_prompt(
+            prompt,
+            negative_prompt,
+            self.do_classifier_free_guidance,
+            1,
+            self._execution_device,
+            prompt_embeds,
+            prompt_attention_mask,
+            negative_prompt_embeds,
+            negative_prompt_attention_mask,
             max_sequence_length,
-        )  # fmt: skip
-        return self._prepare_text_kv(*embeds)
+        )
+        text_kv = self._prepare_text_kv(*embeds, attention_kwargs=attention_kwargs)
+        return text_kv.repeat_interleave(num_images_per_prompt)
 
     def guide(self, logits: torch.Tensor) -> torch.Tensor:
         """Classifier-free guidance on `[cond; uncond]` logits: `uncond + guidance_scale * (cond - uncond)`."""
@@ -375,15 +507,16 @@ class InstellaPipelineBase(DiffusionPipeline):
         cond, uncond = logits.chunk(2)
         return uncond + self._guidance_scale * (cond - uncond)
 
-    def _prepare_text_kv(self, prompt_embeds, prompt_mask, negative_embeds, negative_mask):
-        """Text keys/values of every transformer block for `[cond; uncond]`, computed once per call."""
+    def _prepare_text_kv(self, prompt_embeds, prompt_mask, negative_embeds, negative_mask, attention_kwargs=None):
+        r"""Text keys/values of every transformer block for `[cond; uncond]`: embeds `(L, B, T, C)` and masks `(B, T)`
+        give a [`~diffusers_bit.models.TextKV`] of `2 * B` rows (`B` without guidance), computed once per call."""
         if negative_embeds is not None:
             length = max(prompt_embeds.shape[2], negative_embeds.shape[2])
             prompt_embeds, prompt_mask = _pad_tokens(prompt_embeds, prompt_mask, length)
             negative_embeds, negative_mask = _pad_tokens(negative_embeds, negative_mask, length)
             prompt_embeds = torch.cat([prompt_embeds, negative_embeds], dim=1)
             prompt_mask = torch.cat([prompt_mask, negative_mask], dim=0)
-        return self.transformer.prepare_text_kv(prompt_embeds, prompt_mask)
+        return self.transformer.prepare_text_kv(prompt_embeds, prompt_mask, attention_kwargs=attention_kwargs)
 
     # ------------------------------------------------------------------------------------------------------------------
     # Checks, run before any model
@@ -417,11 +550,11 @@ class InstellaPipelineBase(DiffusionPipeline):
             elif isinstance(prompt, (list, tuple)) and prompt and all(isinstance(p, str) for p in prompt):
                 batch = len(prompt)
             else:
-                raise TypeError(f"`prompt` must be a string or a non-empty list of strings, got {type(prompt).__name__}")
+                raise TypeError(
+                    f"`prompt` must be a string or a non-empty list of strings, got {type(prompt).__name__}"
+                )
         else:
-            embeds = stack_hidden_states(prompt_embeds, "prompt_embeds")
-            batch = embeds.shape[1]
-            self._check_embeds(embeds, prompt_attention_mask, "prompt")
+            batch = self.check_text_features(prompt_embeds, prompt_attention_mask, "prompt")
         if negative_prompt is not None:
             if negative_prompt_embeds is not None:
                 raise ValueError("pass either `negative_prompt` or `negative_prompt_embeds`, not both")
@@ -433,16 +566,16 @@ class InstellaPipelineBase(DiffusionPipeline):
                         f"`negative_prompt` has {len(negative_prompt)} entries but the prompt batch has {batch}"
                     )
             elif not isinstance(negative_prompt, str):
-                raise TypeError(f"`negative_prompt` must be a string or a list of strings, got "
-                                f"{type(negative_prompt).__name__}")  # fmt: skip
+                raise TypeError(
+                    f"`negative_prompt` must be a string or a list of strings, got {type(negative_prompt).__name__}"
+                )
         if negative_prompt_embeds is not None:
-            embeds = stack_hidden_states(negative_prompt_embeds, "negative_prompt_embeds")
-            if embeds.shape[1] != batch:
-                raise ValueError(f"`negative_prompt_embeds` has batch {embeds.shape[1]}, the prompt batch is {batch}")
-            self._check_embeds(embeds, negative_prompt_attention_mask, "negative_prompt")
+            self.check_text_features(negative_prompt_embeds, negative_prompt_attention_mask, "negative_prompt", batch)
         for name, value in (("height", height), ("width", width)):
             if value is not None:
-                self.image_tokenizer.check_size(name, value, 2 ** len(self.image_tokenizer.config.decoder_upsample_blocks))
+                self.image_tokenizer.check_size(
+                    name, value, 2 ** len(self.image_tokenizer.config.decoder_upsample_blocks)
+                )
         check_number("guidance_scale", guidance_scale, low=0, hint=" (1 disables guidance)")
         check_number("temperature", temperature, low=0, hint=" (0 = greedy)")
         check_number("num_images_per_prompt", num_images_per_prompt, low=1, integer=True)
@@ -462,8 +595,10 @@ class InstellaPipelineBase(DiffusionPipeline):
         check_number("max_sequence_length", max_sequence_length, low=1, integer=True)
         limit = self.max_text_positions()
         if prompt is not None and limit is not None and max_sequence_length > limit:
-            raise ValueError(f"`max_sequence_length` {max_sequence_length} is more than the text encoder embeds "
-                             f"(its position table holds {limit} tokens); pass at most {limit}")  # fmt: skip
+            raise ValueError(
+                f"`max_sequence_length` {max_sequence_length} is more than the text encoder embeds "
+                f"(its position table holds {limit} tokens); pass at most {limit}"
+            )
         return batch
 
     def max_text_positions(self) -> Optional[int]:
@@ -476,24 +611,47 @@ class InstellaPipelineBase(DiffusionPipeline):
         limit = getattr(config, "max_position_embeddings", None)
         return int(limit) if isinstance(limit, int) and limit > 0 else None
 
-    def _check_embeds(self, embeds: torch.Tensor, mask: Optional[torch.Tensor], name: str) -> None:
+    def check_text_features(
+        self,
+        embeds: Union[torch.Tensor, list, tuple],
+        mask: Optional[torch.Tensor],
+        name: str,
+        batch: Optional[int] = None,
+    ) -> int:
+        r"""The one check of precomputed text features, run once per call (by `check_inputs`, or by a direct
+        [`encode_prompt`] call): `{name}_embeds` and `{name}_attention_mask` must fit the transformer. Raises a
+        `ValueError` / `TypeError` naming the argument.
+
+        Args:
+            embeds (`torch.Tensor` of shape `(L, B, T, C)` or a list of `L` tensors `(B, T, C)`): Per-layer features;
+                `L` and `C` must be the transformer's text layers and width, every value finite.
+            mask (`torch.Tensor` of shape `(B, T)`, *optional*): 0/1 attention mask.
+            name (`str`): `"prompt"` or `"negative_prompt"`.
+            batch (`int`, *optional*): The prompt batch `B` these features must have.
+
+        Returns:
+            The batch size `B`.
+        """
+        shape = text_features_shape(embeds, f"{name}_embeds")
+        if batch is not None and shape[1] != batch:
+            raise ValueError(f"`{name}_embeds` has batch {shape[1]}, the prompt batch is {batch}")
         config = self.transformer.config
         layers = config.text_num_layers or config.num_layers
-        if embeds.shape[0] != layers or embeds.shape[-1] != config.text_embed_dim:
+        if shape[0] != layers or shape[-1] != config.text_embed_dim:
             raise ValueError(
-                f"`{name}_embeds` must hold {layers} layers of width {config.text_embed_dim}, got shape "
-                f"{tuple(embeds.shape)}"
+                f"`{name}_embeds` must hold {layers} layers of width {config.text_embed_dim}, got shape {shape}"
             )
-        check_finite(f"{name}_embeds", embeds)
+        for layer in [embeds] if isinstance(embeds, torch.Tensor) else embeds:
+            check_finite(f"{name}_embeds", layer)
         if mask is not None:
             if not isinstance(mask, torch.Tensor):
                 raise TypeError(f"`{name}_attention_mask` must be a torch.Tensor, got {type(mask).__name__}")
-            if tuple(mask.shape) != tuple(embeds.shape[1:3]):
+            if tuple(mask.shape) != shape[1:3]:
                 raise ValueError(
-                    f"`{name}_attention_mask` must have shape {tuple(embeds.shape[1:3])} (batch, tokens), got "
-                    f"{tuple(mask.shape)}"
+                    f"`{name}_attention_mask` must have shape {shape[1:3]} (batch, tokens), got {tuple(mask.shape)}"
                 )
             check_bits(f"{name}_attention_mask", mask)
+        return shape[1]
 
     @staticmethod
     def _callback_inputs(callback_on_step_end, tensor_inputs):
@@ -554,7 +712,9 @@ class InstellaPipelineBase(DiffusionPipeline):
             latents, before = outputs["latents"], local_vars["latents"]
             if not isinstance(latents, torch.Tensor) or tuple(latents.shape) != tuple(before.shape):
                 shape = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
-                raise ValueError(f"`callback_on_step_end` returned `latents` of shape {shape}; expected "
-                                 f"{tuple(before.shape)} (the bits it was given)")  # fmt: skip
+                raise ValueError(
+                    f"`callback_on_step_end` returned `latents` of shape {shape}; expected "
+                    f"{tuple(before.shape)} (the bits it was given)"
+                )
             check_bits("latents returned by `callback_on_step_end`", latents)
         return outputs

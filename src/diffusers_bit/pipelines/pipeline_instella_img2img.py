@@ -9,6 +9,7 @@ import torch
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from diffusers.utils import replace_example_docstring
 
+from ..models.lora import lora_scale_of
 from ..utils.checks import check_finite, check_number
 from .pipeline_instella_t2i import InstellaT2IPipeline
 
@@ -77,9 +78,11 @@ class InstellaT2IImg2ImgPipeline(InstellaT2IPipeline):
                 continue
             if isinstance(item, torch.Tensor):
                 if item.ndim != 3 or item.shape[0] not in (1, 3):
-                    raise ValueError(f"`image` tensors must be (3, H, W) or (B, 3, H, W) in [0, 1], got "
-                                     f"{tuple(item.shape)}; latents must be (B, {tok.config.num_latent_tokens}, "
-                                     f"{tok.config.bits_per_token}) bits")  # fmt: skip
+                    raise ValueError(
+                        f"`image` tensors must be (3, H, W) or (B, 3, H, W) in [0, 1], got "
+                        f"{tuple(item.shape)}; latents must be (B, {tok.config.num_latent_tokens}, "
+                        f"{tok.config.bits_per_token}) bits"
+                    )
                 item = item.detach().float().cpu().permute(1, 2, 0).numpy()
             if not isinstance(item, np.ndarray):
                 raise TypeError(f"`image` must be PIL images, numpy arrays or tensors, got {type(item).__name__}")
@@ -88,8 +91,10 @@ class InstellaT2IImg2ImgPipeline(InstellaT2IPipeline):
             if item.dtype != np.uint8:
                 item = item.astype(np.float64)
                 if not np.isfinite(item).all() or item.min() < 0 or item.max() > 1:
-                    raise ValueError("`image` float arrays/tensors must be finite and in [0, 1] (diffusers' convention; "
-                                     "uint8 arrays are taken as 0-255)")  # fmt: skip
+                    raise ValueError(
+                        "`image` float arrays/tensors must be finite and in [0, 1] (diffusers' convention; "
+                        "uint8 arrays are taken as 0-255)"
+                    )
                 item = (item * 255).round().astype(np.uint8)
             item = np.repeat(item, 3, axis=-1) if item.shape[-1] == 1 else item[..., :3]
             pils.append(PIL.Image.fromarray(item))
@@ -126,6 +131,7 @@ class InstellaT2IImg2ImgPipeline(InstellaT2IPipeline):
         callback_on_step_end: Optional[Callable] = None,
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],
         max_sequence_length: int = 128,
+        attention_kwargs: Optional[dict] = None,
     ) -> Union[ImagePipelineOutput, tuple]:
         r"""Edit `image` towards `prompt`.
 
@@ -143,22 +149,50 @@ class InstellaT2IImg2ImgPipeline(InstellaT2IPipeline):
         if image is None:
             raise ValueError("`image` is required (PIL image(s), a numpy array, a tensor, or bits)")
         check_number("strength", strength, low=0, high=1, hint=" (0 keeps the image, 1 ignores it)")
-        callback_on_step_end_tensor_inputs = self._callback_inputs(callback_on_step_end, callback_on_step_end_tensor_inputs)
+        lora_scale_of(attention_kwargs)  # checked before any model runs
+        callback_on_step_end_tensor_inputs = self._callback_inputs(
+            callback_on_step_end, callback_on_step_end_tensor_inputs
+        )
         batch = self.check_inputs(
-            prompt, negative_prompt, height, width, num_inference_steps, guidance_scale, temperature, algorithm, rho,
-            num_images_per_prompt, generator, None, prompt_embeds, prompt_attention_mask, negative_prompt_embeds,
-            negative_prompt_attention_mask, output_type, callback_on_step_end_tensor_inputs, max_sequence_length,
-        )  # fmt: skip
+            prompt,
+            negative_prompt,
+            height,
+            width,
+            num_inference_steps,
+            guidance_scale,
+            temperature,
+            algorithm,
+            rho,
+            num_images_per_prompt,
+            generator,
+            None,
+            prompt_embeds,
+            prompt_attention_mask,
+            negative_prompt_embeds,
+            negative_prompt_attention_mask,
+            output_type,
+            callback_on_step_end_tensor_inputs,
+            max_sequence_length,
+        )
         init_bits = self.prepare_image_bits(image)
         if init_bits.shape[0] not in (1, batch):
-            raise ValueError(f"`image` holds {init_bits.shape[0]} images for {batch} prompts; pass one image or one "
-                             "per prompt")  # fmt: skip
+            raise ValueError(
+                f"`image` holds {init_bits.shape[0]} images for {batch} prompts; pass one image or one per prompt"
+            )
         num_images = batch * num_images_per_prompt
         init_bits = init_bits.expand(batch, -1, -1).repeat_interleave(num_images_per_prompt, dim=0)
         text_kv = self._begin_call(
-            prompt, negative_prompt, guidance_scale, num_images_per_prompt, prompt_embeds, prompt_attention_mask,
-            negative_prompt_embeds, negative_prompt_attention_mask, max_sequence_length,
-        )  # fmt: skip
+            prompt,
+            negative_prompt,
+            guidance_scale,
+            num_images_per_prompt,
+            prompt_embeds,
+            prompt_attention_mask,
+            negative_prompt_embeds,
+            negative_prompt_attention_mask,
+            max_sequence_length,
+            attention_kwargs,
+        )
 
         self.scheduler.set_timesteps(num_inference_steps, device=self._execution_device, rho=rho)
         steps = int(round(strength * num_inference_steps))
@@ -170,8 +204,16 @@ class InstellaT2IImg2ImgPipeline(InstellaT2IPipeline):
             self.scheduler.set_begin_index(start)
             noise_t = timesteps[:1].expand(num_images)
             latents = self.scheduler.add_noise(init_bits.contiguous(), noise_t, generator=generator)
-        latents = self._denoise(latents, timesteps, text_kv, generator, temperature, algorithm, callback_on_step_end,
-                                callback_on_step_end_tensor_inputs)  # fmt: skip
+        latents = self._denoise(
+            latents,
+            timesteps,
+            text_kv,
+            generator,
+            temperature,
+            algorithm,
+            callback_on_step_end,
+            callback_on_step_end_tensor_inputs,
+        )
         images = self._finish(latents, height, width, output_type)
         self.maybe_free_model_hooks()
         if not return_dict:

@@ -10,6 +10,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 # imported eagerly: diffusers resolves saved components through sys.modules
 from ..models.binary_latent_tokenizer import BinaryLatentTokenizer
+from ..models.lora import lora_scale_of
 from ..models.transformer_bit_dit import BinaryDiT
 from ..schedulers.scheduling_bernoulli import ALGORITHMS, BernoulliScheduler, _check_rho
 from .pipeline_instella_common import InstellaPipelineBase
@@ -46,12 +47,7 @@ class InstellaT2IPipeline(InstellaPipelineBase):
 
     _callback_tensor_inputs = ["latents", "pred_original_sample"]
     _pipeline_kind = "InstellaT2IPipeline"
-    _sampling_defaults = {
-        "num_inference_steps": 20,
-        "guidance_scale": 5.0,
-        "temperature": 0.6,
-        "algorithm": "simplified",
-    }
+    _sampling_parameters = ("num_inference_steps", "guidance_scale", "temperature", "algorithm")
 
     def __init__(
         self,
@@ -76,16 +72,45 @@ class InstellaT2IPipeline(InstellaPipelineBase):
         return self._num_timesteps
 
     def check_inputs(
-        self, prompt, negative_prompt, height, width, num_inference_steps, guidance_scale, temperature, algorithm, rho,
-        num_images_per_prompt, generator, latents, prompt_embeds, prompt_attention_mask, negative_prompt_embeds,
-        negative_prompt_attention_mask, output_type, callback_on_step_end_tensor_inputs, max_sequence_length,
-    ) -> int:  # fmt: skip
+        self,
+        prompt,
+        negative_prompt,
+        height,
+        width,
+        num_inference_steps,
+        guidance_scale,
+        temperature,
+        algorithm,
+        rho,
+        num_images_per_prompt,
+        generator,
+        latents,
+        prompt_embeds,
+        prompt_attention_mask,
+        negative_prompt_embeds,
+        negative_prompt_attention_mask,
+        output_type,
+        callback_on_step_end_tensor_inputs,
+        max_sequence_length,
+    ) -> int:
         """Validate every argument (before any model runs); return the prompt batch size."""
         batch = self._check_common_inputs(
-            prompt, negative_prompt, height, width, guidance_scale, temperature, num_images_per_prompt, generator,
-            prompt_embeds, prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask, output_type,
-            callback_on_step_end_tensor_inputs, max_sequence_length,
-        )  # fmt: skip
+            prompt,
+            negative_prompt,
+            height,
+            width,
+            guidance_scale,
+            temperature,
+            num_images_per_prompt,
+            generator,
+            prompt_embeds,
+            prompt_attention_mask,
+            negative_prompt_embeds,
+            negative_prompt_attention_mask,
+            output_type,
+            callback_on_step_end_tensor_inputs,
+            max_sequence_length,
+        )
         if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise ValueError(f"`num_inference_steps` must be an int >= 1, got {num_inference_steps!r}")
         if algorithm is not None and algorithm not in ALGORITHMS:
@@ -108,7 +133,10 @@ class InstellaT2IPipeline(InstellaPipelineBase):
                 if self.interrupt:
                     break
                 model_input = torch.cat([latents, latents]) if self.do_classifier_free_guidance else latents
-                logits = self.guide(self.transformer(model_input, t.expand(len(model_input)), text_kv=text_kv).sample)
+                output = self.transformer(
+                    model_input, t.expand(len(model_input)), text_kv=text_kv, attention_kwargs=self.attention_kwargs
+                )
+                logits = self.guide(output.sample)
                 step = self.scheduler.step(
                     logits, t, latents, generator=generator, temperature=temperature, algorithm=algorithm
                 )
@@ -143,6 +171,7 @@ class InstellaT2IPipeline(InstellaPipelineBase):
         callback_on_step_end: Optional[Callable] = None,
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],
         max_sequence_length: int = 128,
+        attention_kwargs: Optional[dict] = None,
     ) -> Union[ImagePipelineOutput, tuple]:
         r"""Generate images.
 
@@ -178,19 +207,48 @@ class InstellaT2IPipeline(InstellaPipelineBase):
             callback_on_step_end_tensor_inputs (`list[str]`): Tensors passed in `callback_kwargs`: `"latents"` (the
                 bits after the step), `"pred_original_sample"` (the guided estimate of `p(z_0 = 1)`).
             max_sequence_length (`int`, defaults to 128): Prompt truncation length in tokens.
+            attention_kwargs (`dict`, *optional*): `{"scale": s}` multiplies the output of the loaded LoRA adapters by
+                `s` (diffusers' convention; 0 gives the base model, 1 is the default). See `load_lora_weights`.
 
         Examples:
         """
-        callback_on_step_end_tensor_inputs = self._callback_inputs(callback_on_step_end, callback_on_step_end_tensor_inputs)
+        callback_on_step_end_tensor_inputs = self._callback_inputs(
+            callback_on_step_end, callback_on_step_end_tensor_inputs
+        )
+        lora_scale_of(attention_kwargs)  # checked before any model runs
         batch = self.check_inputs(
-            prompt, negative_prompt, height, width, num_inference_steps, guidance_scale, temperature, algorithm, rho,
-            num_images_per_prompt, generator, latents, prompt_embeds, prompt_attention_mask, negative_prompt_embeds,
-            negative_prompt_attention_mask, output_type, callback_on_step_end_tensor_inputs, max_sequence_length,
-        )  # fmt: skip
+            prompt,
+            negative_prompt,
+            height,
+            width,
+            num_inference_steps,
+            guidance_scale,
+            temperature,
+            algorithm,
+            rho,
+            num_images_per_prompt,
+            generator,
+            latents,
+            prompt_embeds,
+            prompt_attention_mask,
+            negative_prompt_embeds,
+            negative_prompt_attention_mask,
+            output_type,
+            callback_on_step_end_tensor_inputs,
+            max_sequence_length,
+        )
         text_kv = self._begin_call(
-            prompt, negative_prompt, guidance_scale, num_images_per_prompt, prompt_embeds, prompt_attention_mask,
-            negative_prompt_embeds, negative_prompt_attention_mask, max_sequence_length,
-        )  # fmt: skip
+            prompt,
+            negative_prompt,
+            guidance_scale,
+            num_images_per_prompt,
+            prompt_embeds,
+            prompt_attention_mask,
+            negative_prompt_embeds,
+            negative_prompt_attention_mask,
+            max_sequence_length,
+            attention_kwargs,
+        )
         device, num_images = self._execution_device, batch * num_images_per_prompt
 
         self.scheduler.set_timesteps(num_inference_steps, device=device, rho=rho)
@@ -201,11 +259,18 @@ class InstellaT2IPipeline(InstellaPipelineBase):
             )
         else:
             latents = latents.to(device=device, dtype=torch.float32)
-        latents = self._denoise(latents, self.scheduler.timesteps, text_kv, generator, temperature, algorithm,
-                                callback_on_step_end, callback_on_step_end_tensor_inputs)  # fmt: skip
+        latents = self._denoise(
+            latents,
+            self.scheduler.timesteps,
+            text_kv,
+            generator,
+            temperature,
+            algorithm,
+            callback_on_step_end,
+            callback_on_step_end_tensor_inputs,
+        )
         images = self._finish(latents, height, width, output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
             return (images,)
         return ImagePipelineOutput(images=images)
-

@@ -13,7 +13,7 @@ from diffusers.utils import BaseOutput
 
 from ..utils.checks import StrictConfigMixin, check_bits, check_number
 from ..utils.remote_code import SCHEDULER_ENTRY, RemoteCodeMixin
-from ..utils.torch_utils import GeneratorType, bernoulli, uniform_bits
+from ..utils.torch_utils import GeneratorType, bernoulli, tempered_sigmoid, uniform_bits
 
 ALGORITHMS = ("simplified", "posterior")
 POSTERIOR_KEEP_RATES = ("official", "exact")
@@ -72,8 +72,14 @@ class BernoulliScheduler(RemoteCodeMixin, StrictConfigMixin, SchedulerMixin, Con
     order = 1
     _compatibles = []
     _remote_code_entry = SCHEDULER_ENTRY
-    _optional_config_keys = ("algorithm", "rho", "posterior_keep_rate", "timestep_distribution", "logit_mean",
-                             "logit_std")  # every sampling setting has a safe default  # fmt: skip
+    _optional_config_keys = (
+        "algorithm",
+        "rho",
+        "posterior_keep_rate",
+        "timestep_distribution",
+        "logit_mean",
+        "logit_std",
+    )  # every sampling setting has a safe default
 
     @register_to_config
     def __init__(
@@ -203,14 +209,10 @@ class BernoulliScheduler(RemoteCodeMixin, StrictConfigMixin, SchedulerMixin, Con
 
     @staticmethod
     def predict_original(model_output: torch.Tensor, sample: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-        r"""`p(z_0 = 1) = z (1 - p) + (1 - z) p` with `p = sigmoid(model_output / temperature)` (float32)."""
-        if temperature < 0 or math.isnan(temperature):
-            raise ValueError(f"`temperature` must be >= 0, got {temperature}")
-        logits = model_output.float()
-        if temperature == 0:
-            flip = (logits > 0).float() + 0.5 * (logits == 0).float()
-        else:
-            flip = torch.sigmoid(logits / temperature)
+        r"""`p(z_0 = 1) = z (1 - p) + (1 - z) p` with the flip probability `p = sigmoid(model_output / temperature)`
+        (float32) of [`~utils.torch_utils.tempered_sigmoid`]: at temperature 0, `p` is 1 for a positive logit, 0 for
+        a negative one and 1/2 for a zero logit."""
+        flip = tempered_sigmoid(model_output, temperature)
         z = sample.float()
         return z * (1 - flip) + (1 - z) * flip
 
@@ -247,8 +249,9 @@ class BernoulliScheduler(RemoteCodeMixin, StrictConfigMixin, SchedulerMixin, Con
         if not bool(((t >= 0) & (t <= 1)).all()):  # NaN fails both comparisons
             raise ValueError(f"`timesteps` must lie in [0, 1] (1 = pure noise), got {t.flatten()[:8].tolist()}")
         if t.numel() not in (1, original_samples.shape[0]):
-            raise ValueError(f"`timesteps` must be a scalar or have one entry per row ({original_samples.shape[0]}), "
-                             f"got {t.numel()}")  # fmt: skip
+            raise ValueError(
+                f"`timesteps` must be a scalar or have one entry per row ({original_samples.shape[0]}), got {t.numel()}"
+            )
         t = t.reshape(-1, *([1] * (original_samples.ndim - 1)))
         probs = (1.0 - t) * original_samples.float() + t / 2
         return bernoulli(probs, generator).to(original_samples.dtype)

@@ -4,6 +4,7 @@ and deterministic resumable batching, the packed latent store, atomic checkpoint
 model cards and Hub upload. The scripts' common plumbing (shared flags, `Accelerator` set-up, run start, checkpoint
 hooks) is in `diffusers_bit.training.script_utils`, imported from there."""
 
+from ..metrics import LPIPS, load_perceptual_model  # the tokenizer stages' perceptual loss
 from .checkpointing import (
     atomic_write_json,
     latest_checkpoint,
@@ -45,5 +46,5 @@ from .objectives import (
     autoregressive_loss,
     diffusion_loss,
     encode_text,
+    generator_loss,
 )
-from .perceptual import LPIPS, load_perceptual_model

@@ -96,7 +96,9 @@ def latest_checkpoint(output_dir: Union[str, os.PathLike]) -> Optional[Path]:
     return checkpoints[-1][1] if checkpoints else None
 
 
-def resolve_resume_checkpoint(output_dir: Union[str, os.PathLike], resume_from_checkpoint: Optional[str]) -> Optional[Path]:
+def resolve_resume_checkpoint(
+    output_dir: Union[str, os.PathLike], resume_from_checkpoint: Optional[str]
+) -> Optional[Path]:
     r"""The checkpoint `--resume_from_checkpoint` designates: `"latest"` -> [`latest_checkpoint`] (`None` when there
     is none: a fresh start), otherwise a path or a folder name inside `output_dir`, which must be complete."""
     if not resume_from_checkpoint:
@@ -138,7 +140,7 @@ def remove_stale_temp_dirs(output_dir: Union[str, os.PathLike]) -> list[Path]:
 
 
 def _discard(path: Path) -> None:
-    trash = path.with_name(f"{TRASH_PREFIX}{path.name[len(CHECKPOINT_PREFIX):]}-{time.time_ns()}")
+    trash = path.with_name(f"{TRASH_PREFIX}{path.name[len(CHECKPOINT_PREFIX) :]}-{time.time_ns()}")
     os.rename(path, trash)
     shutil.rmtree(trash, ignore_errors=True)
 
@@ -152,7 +154,9 @@ def prune_checkpoints(output_dir: Union[str, os.PathLike], total_limit: Optional
     for path in removing:
         _discard(path)
     if removing:
-        logger.info("removed old checkpoints (--checkpoints_total_limit=%d): %s", total_limit, [p.name for p in removing])
+        logger.info(
+            "removed old checkpoints (--checkpoints_total_limit=%d): %s", total_limit, [p.name for p in removing]
+        )
     return removing
 
 
@@ -181,8 +185,10 @@ def save_checkpoint(
     if accelerator.is_main_process:
         _fsync_tree(temp)
         maybe_inject_fault("save", step)
-        atomic_write_json(temp / COMPLETE_MARKER, {"step": step, "num_processes": accelerator.num_processes,
-                                                   "time": time.strftime("%Y-%m-%dT%H:%M:%S")})  # fmt: skip
+        atomic_write_json(
+            temp / COMPLETE_MARKER,
+            {"step": step, "num_processes": accelerator.num_processes, "time": time.strftime("%Y-%m-%dT%H:%M:%S")},
+        )
         _fsync_dir(temp)
         if final.exists():  # e.g. the same step saved again after a resume
             _discard(final)
@@ -201,8 +207,12 @@ def load_checkpoint(accelerator, path: Union[str, os.PathLike]) -> dict:
     state_path = path / TRAINING_STATE.format(accelerator.process_index)
     if not state_path.is_file():
         fallback = path / TRAINING_STATE.format(0)
-        logger.warning("%s not found (the checkpoint was written by a different number of processes); using %s, the "
-                       "data order will not match an uninterrupted run", state_path.name, fallback.name)  # fmt: skip
+        logger.warning(
+            "%s not found (the checkpoint was written by a different number of processes); using %s, the "
+            "data order will not match an uninterrupted run",
+            state_path.name,
+            fallback.name,
+        )
         state_path = fallback
     return json.loads(state_path.read_text())
 

@@ -14,19 +14,18 @@ r"""Where the models of a training run come from, checked before anything heavy 
 """
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import huggingface_hub
 import torch
 
 from ..models import BinaryARTransformer, BinaryDiT, BinaryLatentTokenizer
-from ..utils.checks import hub_error_message, looks_like_path, read_json_file
-from ..utils.hub import hub_offline, resolve_snapshot
 from ..presets import load_preset_config, preset_path, preset_text_component
+from ..utils.checks import read_json_file
+from ..utils.hub import resolve_file, resolve_snapshot
 from ..utils.package_models import is_package_location, load_referenced_component, read_reference
+from ..utils.text_encoders import auto_text_model_class
 
 logger = logging.getLogger(__name__)
 
@@ -49,32 +48,18 @@ class ComponentPlan:
     cache_dir: Optional[str] = None
 
     def describe(self) -> dict:
-        return {"text_encoder": "{}:{}".format(*self.text), "image_tokenizer": "{}:{}".format(*self.image_tokenizer),
-                "generator": "{}:{}".format(*self.generator)}  # fmt: skip
-
-
-def _is_local(path: Optional[str]) -> bool:
-    return path is not None and os.path.isdir(path)
+        return {
+            "text_encoder": "{}:{}".format(*self.text),
+            "image_tokenizer": "{}:{}".format(*self.image_tokenizer),
+            "generator": "{}:{}".format(*self.generator),
+        }
 
 
 def _read_json(name_or_path: str, filename: str, revision: Optional[str], cache_dir: Optional[str]) -> Optional[dict]:
     r"""A small JSON file of a local folder or Hub repo (only that file is downloaded); `None` when absent. A
     path-like argument that does not exist, an unreachable repo and invalid JSON raise errors naming them."""
-    if _is_local(name_or_path):
-        path = Path(name_or_path) / filename
-        return read_json_file(path) if path.is_file() else None
-    if looks_like_path(name_or_path) or os.path.exists(name_or_path):
-        raise FileNotFoundError(f"{name_or_path!r} does not exist (no such folder)")
-    try:
-        path = huggingface_hub.hf_hub_download(name_or_path, filename, revision=revision, cache_dir=cache_dir,
-                                               local_files_only=hub_offline())  # fmt: skip
-    except huggingface_hub.errors.EntryNotFoundError:
-        return None
-    except huggingface_hub.errors.HFValidationError:
-        raise FileNotFoundError(f"{name_or_path!r} is neither a folder nor a Hub repo id ('org/name')") from None
-    except (OSError, ValueError, huggingface_hub.errors.HfHubHTTPError) as error:
-        raise OSError(hub_error_message(name_or_path, error)) from None
-    return read_json_file(path)
+    path = resolve_file(name_or_path, filename, revision=revision, cache_dir=cache_dir)
+    return None if path is None else read_json_file(path)
 
 
 def plan_components(
@@ -98,11 +83,13 @@ def plan_components(
     if pretrained_model_name_or_path is not None:
         index = _read_json(pretrained_model_name_or_path, "model_index.json", revision, cache_dir)
         if index is None:
-            raise ValueError(f"`--pretrained_model_name_or_path` {pretrained_model_name_or_path!r} has no "
-                             "model_index.json (expected a saved InstellaT2IPipeline or InstellaARPipeline)")  # fmt: skip
+            raise ValueError(
+                f"`--pretrained_model_name_or_path` {pretrained_model_name_or_path!r} has no "
+                "model_index.json (expected a saved InstellaT2IPipeline or InstellaARPipeline)"
+            )
     if preset is not None:
         preset_path(preset)  # raises for an unknown preset
-    has = (lambda name: index is not None and isinstance(index.get(name), list) and index[name][0] is not None)
+    has = lambda name: index is not None and isinstance(index.get(name), list) and index[name][0] is not None
 
     if text_encoder is not None:
         text = ("model", text_encoder)
@@ -120,8 +107,10 @@ def plan_components(
     elif preset is not None:
         tokenizer = ("preset", str(preset))
     else:
-        raise ValueError(f"`--pretrained_model_name_or_path` {pretrained_model_name_or_path!r} has no image_tokenizer; "
-                         "pass `--image_tokenizer` or `--preset`")  # fmt: skip
+        raise ValueError(
+            f"`--pretrained_model_name_or_path` {pretrained_model_name_or_path!r} has no image_tokenizer; "
+            "pass `--image_tokenizer` or `--preset`"
+        )
 
     if not need_generator:
         generator = ("none", "")
@@ -171,14 +160,9 @@ def resolve_pretrained(plan: ComponentPlan) -> Optional[Path]:
     """Local folder of the pretrained pipeline (downloaded once for a repo id)."""
     if plan.pretrained is None:
         return None
-    return resolve_snapshot(plan.pretrained, revision=plan.revision, cache_dir=plan.cache_dir,
-                            argument="--pretrained_model_name_or_path")  # fmt: skip
-
-
-def _text_model_class(config):
-    from transformers import AutoModel, AutoModelForCausalLM
-
-    return AutoModelForCausalLM if any("CausalLM" in a for a in (config.architectures or [])) else AutoModel
+    return resolve_snapshot(
+        plan.pretrained, revision=plan.revision, cache_dir=plan.cache_dir, argument="--pretrained_model_name_or_path"
+    )
 
 
 def load_text_components(plan: ComponentPlan, dtype: Optional[torch.dtype] = None):
@@ -207,7 +191,7 @@ def load_text_components(plan: ComponentPlan, dtype: Optional[torch.dtype] = Non
         kwargs = dict(revision=plan.revision if kind == "pipeline" else None, cache_dir=plan.cache_dir)
         tokenizer = AutoTokenizer.from_pretrained(root, subfolder=sub_tok or "", **kwargs)
         config = AutoConfig.from_pretrained(root, subfolder=sub_enc or "", **kwargs)
-        text_encoder = _text_model_class(config).from_pretrained(root, subfolder=sub_enc or "", **kwargs)
+        text_encoder = auto_text_model_class(config).from_pretrained(root, subfolder=sub_enc or "", **kwargs)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if dtype is not None and text_encoder.dtype != dtype:
@@ -235,8 +219,12 @@ def load_image_tokenizer(plan: ComponentPlan, dtype: Optional[torch.dtype] = Non
         model = BinaryLatentTokenizer.from_pretrained(str(resolve_pretrained(plan)), subfolder="image_tokenizer")
     else:
         has_subfolder = _read_json(where, "config.json", plan.revision, plan.cache_dir) is None
-        model = BinaryLatentTokenizer.from_pretrained(where, subfolder="image_tokenizer" if has_subfolder else None,
-                                                      cache_dir=plan.cache_dir, revision=plan.revision)  # fmt: skip
+        model = BinaryLatentTokenizer.from_pretrained(
+            where,
+            subfolder="image_tokenizer" if has_subfolder else None,
+            cache_dir=plan.cache_dir,
+            revision=plan.revision,
+        )
     if dtype is not None and model.dtype != dtype:
         model.to(dtype=dtype)
     return model.eval().requires_grad_(False)
@@ -251,8 +239,12 @@ def build_generator(plan: ComponentPlan, model: str, image_tokenizer_config: dic
     kind, where = plan.generator
     if kind == "preset":
         config = dict(load_preset_config(where, PRESET_GENERATOR_COMPONENT[model]))
-        overrides = {"in_channels": bits, "num_tokens": tokens, "text_embed_dim": text_dims[0],
-                     "text_num_layers": text_dims[1]}  # fmt: skip
+        overrides = {
+            "in_channels": bits,
+            "num_tokens": tokens,
+            "text_embed_dim": text_dims[0],
+            "text_num_layers": text_dims[1],
+        }
         changed = {k: (config.get(k), v) for k, v in overrides.items() if config.get(k) != v}
         if changed:
             logger.info("generator config adapted to the image tokenizer / text encoder: %s", changed)
@@ -260,11 +252,20 @@ def build_generator(plan: ComponentPlan, model: str, image_tokenizer_config: dic
         return cls.from_config(config)
     generator = cls.from_pretrained(str(resolve_pretrained(plan)), subfolder="transformer")
     c = generator.config
-    expected = {"in_channels": bits, "num_tokens": tokens, "text_embed_dim": text_dims[0],
-                "text_num_layers": text_dims[1]}  # fmt: skip
-    actual = {"in_channels": c.in_channels, "num_tokens": c.num_tokens, "text_embed_dim": c.text_embed_dim,
-              "text_num_layers": c.text_num_layers or c.num_layers}  # fmt: skip
+    expected = {
+        "in_channels": bits,
+        "num_tokens": tokens,
+        "text_embed_dim": text_dims[0],
+        "text_num_layers": text_dims[1],
+    }
+    actual = {
+        "in_channels": c.in_channels,
+        "num_tokens": c.num_tokens,
+        "text_embed_dim": c.text_embed_dim,
+        "text_num_layers": c.text_num_layers or c.num_layers,
+    }
     if actual != expected:
-        raise ValueError(f"the pretrained transformer ({actual}) does not match the image tokenizer / text encoder "
-                         f"({expected})")  # fmt: skip
+        raise ValueError(
+            f"the pretrained transformer ({actual}) does not match the image tokenizer / text encoder ({expected})"
+        )
     return generator

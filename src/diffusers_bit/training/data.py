@@ -278,7 +278,9 @@ class HFStreamSource(StreamSource):
         if by_shard:
             dataset = dataset.shard(num_shards=num_parts, index=part, contiguous=False)
         if self.shuffle:
-            dataset = dataset.shuffle(seed=derive_seed(seed, part if by_shard else 0), buffer_size=self.shuffle_buffer_size)
+            dataset = dataset.shuffle(
+                seed=derive_seed(seed, part if by_shard else 0), buffer_size=self.shuffle_buffer_size
+            )
         dataset.set_epoch(epoch)
         position = 0
         # `iter(batch_size=...)` reads the stream as a plain iterator (iterating the data set directly inside a
@@ -330,8 +332,12 @@ class TarShardIndex(MapSource):
                 self.broken_shards.append(shard)
                 # a virtual record that reads as "corrupt_shard", so the damage is counted with the other skips
                 self.entries.append((shard_index, None, {}))
-                logger.warning("webdataset shard %s is damaged (%s); using the %d records before the damage", shard,
-                               damage, len(records))  # fmt: skip
+                logger.warning(
+                    "webdataset shard %s is damaged (%s); using the %d records before the damage",
+                    shard,
+                    damage,
+                    len(records),
+                )
         self._handles: dict[int, Any] = {}
         self._pid = None
 
@@ -348,7 +354,9 @@ class TarShardIndex(MapSource):
     def __getitem__(self, index: int) -> dict:
         shard_index, key, members = self.entries[int(index)]
         if key is None:
-            raise SkipSample("corrupt_shard", f"{self.shards[shard_index]} is damaged; records after the damage are lost")
+            raise SkipSample(
+                "corrupt_shard", f"{self.shards[shard_index]} is damaged; records after the damage are lost"
+            )
         if any(offset + length > self.shard_sizes[shard_index] for offset, length in members.values()):
             raise SkipSample("corrupt", f"record {key} is cut off by the end of {self.shards[shard_index]}")
         handle = self._handle(shard_index)
@@ -487,8 +495,10 @@ def check_train_data_dir(folder: Union[str, os.PathLike], flag: str = "--train_d
     fmt = detect_local_format(folder)
     if fmt == "imagefolder":
         if not any(p.suffix.lower() in IMAGE_EXTENSIONS for p in folder.rglob("*") if p.is_file()):
-            raise ValueError(f"`{flag}` {str(folder)!r} holds no images ({', '.join(IMAGE_EXTENSIONS)}), webdataset "
-                             ".tar or .parquet files")  # fmt: skip
+            raise ValueError(
+                f"`{flag}` {str(folder)!r} holds no images ({', '.join(IMAGE_EXTENSIONS)}), webdataset "
+                ".tar or .parquet files"
+            )
         for metadata in sorted(folder.rglob("metadata.jsonl")):
             for _ in read_metadata_rows(metadata):  # every line parses; errors name the file and line
                 pass
@@ -537,14 +547,17 @@ def build_source(
         fmt = detect_local_format(train_data_dir)
         if fmt == "parquet":
             files = sorted(str(p) for p in Path(train_data_dir).rglob("*.parquet"))
-            dataset = datasets.load_dataset("parquet", data_files={split: files}, split=split, streaming=streaming,
-                                            cache_dir=cache_dir)  # fmt: skip
+            dataset = datasets.load_dataset(
+                "parquet", data_files={split: files}, split=split, streaming=streaming, cache_dir=cache_dir
+            )
         else:
-            dataset = datasets.load_dataset("imagefolder", data_dir=train_data_dir, split=split, streaming=streaming,
-                                            cache_dir=cache_dir)  # fmt: skip
+            dataset = datasets.load_dataset(
+                "imagefolder", data_dir=train_data_dir, split=split, streaming=streaming, cache_dir=cache_dir
+            )
     else:
-        dataset = datasets.load_dataset(dataset_name, dataset_config_name, split=split, streaming=streaming,
-                                        cache_dir=cache_dir)  # fmt: skip
+        dataset = datasets.load_dataset(
+            dataset_name, dataset_config_name, split=split, streaming=streaming, cache_dir=cache_dir
+        )
     columns = list(dataset.column_names or [])
     if columns:
         for flag, column in (("--image_column", image_column), ("--caption_column", caption_column)):
@@ -722,8 +735,9 @@ class BatchDataset(torch.utils.data.IterableDataset):
             position += 1
             if position % self.batch_size == 0:
                 if block >= first_block:
-                    yield self._make_item(block * num_workers + logical, ((p, lambda r=r: r) for p, r in pending),
-                                          broken)  # fmt: skip
+                    yield self._make_item(
+                        block * num_workers + logical, ((p, lambda r=r: r) for p, r in pending), broken
+                    )
                     broken = []
                 pending = []
                 block += 1
@@ -731,8 +745,14 @@ class BatchDataset(torch.utils.data.IterableDataset):
             yield self._make_item(block * num_workers + logical, ((p, lambda r=r: r) for p, r in pending), broken)
             broken, block = [], block + 1
         # (in training a trailing partial block is dropped, like the tails of the other parts)
-        yield {"index": max(first_block, block) * num_workers + logical, "end": True, "batch": None, "num_valid": 0,
-               "skipped": {"corrupt_shard": len(broken)} if broken else {}, "skip_examples": []}  # fmt: skip
+        yield {
+            "index": max(first_block, block) * num_workers + logical,
+            "end": True,
+            "batch": None,
+            "num_valid": 0,
+            "skipped": {"corrupt_shard": len(broken)} if broken else {},
+            "skip_examples": [],
+        }
 
     # -- shared --------------------------------------------------------------------------------------------------------
     def _make_item(self, index: int, records, broken_shards: Sequence[str] = ()) -> dict:

@@ -33,8 +33,16 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_BACKBONE = "facebook/dino-vits16"
 # a random ViT small enough for CPU tests (the layout of DINO ViT-S, narrower and shallower, 32 px input)
-TINY_BACKBONE_CONFIG = {"hidden_size": 32, "num_hidden_layers": 4, "num_attention_heads": 2, "intermediate_size": 64,
-                        "image_size": 32, "patch_size": 8, "layer_norm_eps": 1e-6, "qkv_bias": True}  # fmt: skip
+TINY_BACKBONE_CONFIG = {
+    "hidden_size": 32,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "image_size": 32,
+    "patch_size": 8,
+    "layer_norm_eps": 1e-6,
+    "qkv_bias": True,
+}
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
@@ -112,8 +120,9 @@ class DinoDiscriminator(nn.Module):
         """`[-1, 1]` images -> ImageNet-normalised `(B, 3, image_size, image_size)`."""
         x = (images.float() + 1) / 2
         if x.shape[-2:] != (self.image_size, self.image_size):
-            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False,
-                              antialias=True)  # fmt: skip
+            x = F.interpolate(
+                x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False, antialias=True
+            )
         return (x - self.mean) / self.std
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -163,8 +172,13 @@ class DinoDiscriminator(nn.Module):
         folder = Path(folder)
         config = json.loads((folder / CONFIG_NAME).read_text())
         backbone = ViTModel(ViTConfig.from_dict(config["backbone_config"]), add_pooling_layer=False)
-        model = cls(backbone, config["feature_layers"], config["head_channels"], config["spectral_norm"],
-                    config.get("backbone_source"))  # fmt: skip
+        model = cls(
+            backbone,
+            config["feature_layers"],
+            config["head_channels"],
+            config["spectral_norm"],
+            config.get("backbone_source"),
+        )
         model.load_state_dict(load_file(str(folder / WEIGHTS_NAME)))
         return model
 
@@ -205,7 +219,9 @@ def build_discriminator(
 ) -> DinoDiscriminator:
     """[`DinoDiscriminator`] on the backbone [`build_backbone`] gives for `backbone`; the heads are drawn from the
     global RNG (seed it first)."""
-    return DinoDiscriminator(build_backbone(backbone, cache_dir), feature_layers, head_channels, spectral_norm, backbone)
+    return DinoDiscriminator(
+        build_backbone(backbone, cache_dir), feature_layers, head_channels, spectral_norm, backbone
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -11,10 +11,20 @@ from typing import Optional, Union
 
 import huggingface_hub
 
+from .. import model_card
 from ..model_card import render_model_card
+from .tokenizer_stages import STAGES
 
 # what never leaves the machine: resumable checkpoints, their temp/trash folders, temp files of atomic writes
-UPLOAD_IGNORE_PATTERNS = ["checkpoint-*", "checkpoint-*/**", ".tmp-*", ".tmp-*/**", ".trash-*", ".trash-*/**", "*.tmp-*"]
+UPLOAD_IGNORE_PATTERNS = [
+    "checkpoint-*",
+    "checkpoint-*/**",
+    ".tmp-*",
+    ".tmp-*/**",
+    ".trash-*",
+    ".trash-*/**",
+    "*.tmp-*",
+]
 
 
 def create_hub_repo(repo_id: str, token: Optional[str] = None, private: Optional[bool] = None) -> str:
@@ -59,4 +69,11 @@ def upload_training_folder(
         ignore_patterns=patterns,
         token=token,
         repo_type="model",
+    )
+
+
+def render_tokenizer_card(tokenizer, repo_id: str, stage: int, training: Optional[dict] = None, **kwargs) -> str:
+    """[`~diffusers_bit.model_card.render_tokenizer_card`] with the summary of `stage`."""
+    return model_card.render_tokenizer_card(
+        tokenizer, repo_id, stage=stage, stage_summary=STAGES[stage].summary, training=training, **kwargs
     )

@@ -79,8 +79,9 @@ class LatentStoreWriter:
             captions (`list`): `B` captions (strings or lists of strings).
         """
         if tuple(bits.shape[1:]) != (self.num_tokens, self.bits_per_token):
-            raise ValueError(f"`bits` must have shape (batch, {self.num_tokens}, {self.bits_per_token}), got "
-                             f"{tuple(bits.shape)}")  # fmt: skip
+            raise ValueError(
+                f"`bits` must have shape (batch, {self.num_tokens}, {self.bits_per_token}), got {tuple(bits.shape)}"
+            )
         if len(captions) != bits.shape[0]:
             raise ValueError(f"got {len(captions)} captions for {bits.shape[0]} latents")
         if bits.shape[0] == 0:
@@ -202,9 +203,10 @@ class LatentStore(MapSource):
             if latents_path.stat().st_size != n * self.bytes_per_image:
                 raise ValueError(f"{latents_path} does not hold {n} latents of {self.bytes_per_image} bytes")
             self._latents.append(
-                np.memmap(latents_path, dtype=np.uint8, mode="r", shape=(n, self.bytes_per_image)) if n else
-                np.zeros((0, self.bytes_per_image), np.uint8)
-            )  # fmt: skip
+                np.memmap(latents_path, dtype=np.uint8, mode="r", shape=(n, self.bytes_per_image))
+                if n
+                else np.zeros((0, self.bytes_per_image), np.uint8)
+            )
             offsets = np.fromfile(self.path / part["caption_index"], dtype="<u8")
             if len(offsets) != n + 1:
                 raise ValueError(f"{part['caption_index']} has {len(offsets) - 1} entries, expected {n}")

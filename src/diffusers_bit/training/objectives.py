@@ -8,8 +8,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..pipelines.pipeline_instella_common import is_causal_text_encoder
 from ..schedulers import BernoulliScheduler
+from ..utils.text_encoders import is_causal_lm
 
 
 def apply_prompt_dropout(captions: Sequence[str], probability: float, rng: np.random.Generator) -> list[str]:
@@ -33,7 +33,6 @@ def encode_text(pipeline, captions: Sequence[str], device, max_sequence_length: 
     return embeds, mask
 
 
-
 class TextFeatureCache:
     r"""Per-caption text features of a frozen text encoder, computed once per distinct caption and re-padded per
     batch: the text encoder then runs only on captions it has not seen (a large saving for data sets whose captions
@@ -45,7 +44,7 @@ class TextFeatureCache:
     """
 
     def __init__(self, pipeline, device, max_sequence_length: int = 128):
-        if is_causal_text_encoder(pipeline.text_encoder):
+        if is_causal_lm(pipeline.text_encoder):
             raise ValueError(
                 "--cache_text_features needs a text encoder that masks right padding (BERT-style); "
                 f"{type(pipeline.text_encoder).__name__} is a decoder-only LM whose left-padded features depend on the "
@@ -121,3 +120,22 @@ def autoregressive_loss(
     with torch.no_grad():
         accuracy = ((output.float() > 0).float() == bits).float().mean()
     return loss, {"bit_accuracy": accuracy}
+
+
+def generator_loss(
+    model: str,
+    transformer,
+    scheduler: Optional[BernoulliScheduler],
+    bits: torch.Tensor,
+    text_embeds: torch.Tensor,
+    text_mask: torch.Tensor,
+    generator: Optional[torch.Generator] = None,
+) -> tuple[torch.Tensor, dict]:
+    r"""The training loss of either generator: [`diffusion_loss`] (`model="diffusion"`, needs the noise `scheduler`
+    and draws from `generator`) or [`autoregressive_loss`] (`model="ar"`). What `train_t2i.py` and the benchmark's
+    training section optimise."""
+    if model == "diffusion":
+        return diffusion_loss(transformer, scheduler, bits, text_embeds, text_mask, generator)
+    if model == "ar":
+        return autoregressive_loss(transformer, bits, text_embeds, text_mask)
+    raise ValueError(f"`model` must be 'diffusion' or 'ar', got {model!r}")

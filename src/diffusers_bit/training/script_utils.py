@@ -4,8 +4,9 @@ r"""Plumbing shared by the `accelerate launch` scripts in `training_scripts/` (`
 What lives here is the same in every script: the flags of optimisation, EMA, mixed precision, logging, checkpoints
 and the Hub (with their defaults and help texts), the checks of those flags, the `Accelerator` and logging set-up,
 the start of a run (output folder, resume point, seed, Hub repo), the checkpoint hooks that save models as
-`save_pretrained` folders, the data loader of an epoch, skipped-record bookkeeping and the hyperparameters every model
-card lists. What a script trains, and how, stays in the script.
+`save_pretrained` folders, the learning-rate schedule and the hyperparameters every model card lists: everything
+before the loop. The loop itself is [`~diffusers_bit.training.loop.TrainingLoop`]; what a script trains, and how,
+stays in the script.
 """
 
 import argparse
@@ -14,7 +15,6 @@ import logging
 import math
 import os
 import random
-import sys
 from pathlib import Path
 from typing import NamedTuple, Optional, Sequence, Union
 
@@ -28,14 +28,12 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 
 from .checkpointing import TRAINING_STATE, remove_stale_temp_dirs, resolve_resume_checkpoint
-from .data import SKIP_REASONS, BatchDataset, SkipStats, check_train_data_dir, derive_seed, identity_collate
+from .data import check_train_data_dir
 from .hub import create_hub_repo
-from .utils import accelerator_cpu_flag
 
 logger = get_logger(__name__, log_level="INFO")
 
 LR_SCHEDULERS = ["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"]
-MAX_LOGGED_SKIPS = 20  # skipped records logged one by one per process; the rest are only counted
 
 ArgumentGroup = Union[argparse.ArgumentParser, argparse._ArgumentGroup]
 
@@ -58,8 +56,9 @@ def add_optimization_args(
     group.add_argument("--gradient_accumulation_steps", type=int, default=1)
     group.add_argument("--gradient_checkpointing", action="store_true")
     group.add_argument("--learning_rate", type=float, default=1e-4)
-    group.add_argument("--lr_scheduler", type=str, default="constant_with_warmup", choices=LR_SCHEDULERS,
-                       help=lr_scheduler_help)  # fmt: skip
+    group.add_argument(
+        "--lr_scheduler", type=str, default="constant_with_warmup", choices=LR_SCHEDULERS, help=lr_scheduler_help
+    )
     group.add_argument("--lr_warmup_steps", type=int, default=1000)
     group.add_argument("--adam_beta1", type=float, default=0.9)
     group.add_argument("--adam_beta2", type=float, default=0.999)
@@ -81,8 +80,13 @@ def add_ema_args(group: ArgumentGroup, use_ema_help: str) -> None:
 
 def add_mixed_precision_args(group: ArgumentGroup) -> None:
     """Add `--mixed_precision` (default: the accelerate config's) and `--allow_tf32` to `group`."""
-    group.add_argument("--mixed_precision", type=str, default=None, choices=["no", "fp16", "bf16"],
-                       help="Default: the accelerate config's (paper: bf16).")  # fmt: skip
+    group.add_argument(
+        "--mixed_precision",
+        type=str,
+        default=None,
+        choices=["no", "fp16", "bf16"],
+        help="Default: the accelerate config's (paper: bf16).",
+    )
     group.add_argument("--allow_tf32", action="store_true", help="Allow TF32 matmuls on Ampere+ GPUs.")
 
 
@@ -103,9 +107,13 @@ def add_checkpointing_args(group: ArgumentGroup) -> None:
     """Add `--checkpointing_steps` (500), `--checkpoints_total_limit` and `--resume_from_checkpoint` to `group`."""
     group.add_argument("--checkpointing_steps", type=int, default=500)
     group.add_argument("--checkpoints_total_limit", type=int, default=None)
-    group.add_argument("--resume_from_checkpoint", type=str, default=None,
-                       help='"latest" (the newest complete checkpoint in --output_dir, or a fresh start if none) or a '
-                            "checkpoint folder.")  # fmt: skip
+    group.add_argument(
+        "--resume_from_checkpoint",
+        type=str,
+        default=None,
+        help='"latest" (the newest complete checkpoint in --output_dir, or a fresh start if none) or a '
+        "checkpoint folder.",
+    )
 
 
 def add_hub_args(group: ArgumentGroup) -> None:
@@ -127,8 +135,15 @@ def check_common_args(args: argparse.Namespace, positive: Sequence[str] = (), no
     """
     if args.streaming and args.max_train_steps is None:
         raise ValueError("--streaming needs --max_train_steps (a stream has no length)")
-    for flag in ("train_batch_size", "gradient_accumulation_steps", "checkpointing_steps", "validation_steps",
-                 "num_train_epochs", "resolution", *positive):  # fmt: skip
+    for flag in (
+        "train_batch_size",
+        "gradient_accumulation_steps",
+        "checkpointing_steps",
+        "validation_steps",
+        "num_train_epochs",
+        "resolution",
+        *positive,
+    ):
         if getattr(args, flag) < 1:
             raise ValueError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
     for flag in ("max_train_steps", "checkpoints_total_limit", "max_train_samples"):
@@ -152,8 +167,10 @@ def check_common_args(args: argparse.Namespace, positive: Sequence[str] = (), no
         raise ValueError(f"--output_dir {args.output_dir!r} is a file, not a folder")
     resume = args.resume_from_checkpoint
     if resume and resume != "latest" and not (Path(resume).is_dir() or (output_dir / resume).is_dir()):
-        raise ValueError(f"--resume_from_checkpoint {resume!r} does not exist (neither a folder nor a checkpoint in "
-                         f"--output_dir {args.output_dir!r}); pass 'latest' to resume from the newest one if any")  # fmt: skip
+        raise ValueError(
+            f"--resume_from_checkpoint {resume!r} does not exist (neither a folder nor a checkpoint in "
+            f"--output_dir {args.output_dir!r}); pass 'latest' to resume from the newest one if any"
+        )
     if getattr(args, "train_data_dir", None):
         check_train_data_dir(args.train_data_dir)
     if args.push_to_hub and args.hub_model_id is None:
@@ -163,6 +180,44 @@ def check_common_args(args: argparse.Namespace, positive: Sequence[str] = (), no
 # ----------------------------------------------------------------------------------------------------------------------
 # Start of a run
 # ----------------------------------------------------------------------------------------------------------------------
+def _world_size_from_env() -> int:
+    for name in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 1
+
+
+def has_device_accelerator() -> bool:
+    """Whether torch sees a GPU-like device (CUDA/ROCm, XPU, MPS, ...)."""
+    if hasattr(torch, "accelerator"):
+        return torch.accelerator.is_available()
+    return torch.cuda.is_available()
+
+
+def accelerator_cpu_flag() -> bool:
+    r"""`cpu=` for `Accelerator(...)`: `True` when several processes were launched (by `torchrun` or
+    `accelerate launch --multi_gpu`) on a machine without any GPU, so accelerate sets up a gloo `MULTI_CPU` group
+    instead of running every process alone. Also warns when `accelerate launch --cpu --num_processes N` started a
+    single process (accelerate's `--cpu` launcher spawns several processes only through MPI)."""
+    world_size = _world_size_from_env()
+    if (
+        world_size <= 1
+        and os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+        and ("MASTER_ADDR" in os.environ)
+    ):
+        logger.warning(
+            "`accelerate launch --cpu` with several processes needs MPI (`--mpirun_hostfile`); without it only ONE "
+            "process runs. To run N CPU processes without MPI use `accelerate launch --multi_gpu --num_processes N "
+            "--config_file training_scripts/accelerate_configs/cpu_2proc.yaml` (or torchrun)."
+        )
+    return world_size > 1 and not has_device_accelerator()
+
+
+def scalar_config(config: dict) -> dict:
+    """The entries of a run config that trackers accept as hyperparameters (numbers, strings, bools)."""
+    return {k: v for k, v in config.items() if isinstance(v, (int, float, str, bool))}
+
+
 def make_accelerator(args: argparse.Namespace, output_dir: Path) -> Accelerator:
     r"""The run's `Accelerator` (gradient accumulation, mixed precision and trackers from the flags, tracker logs in
     `<output_dir>/<logging_dir>`), with logging set up the diffusers way: INFO for the scripts, warnings only from
@@ -172,10 +227,13 @@ def make_accelerator(args: argparse.Namespace, output_dir: Path) -> Accelerator:
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
         log_with=None if args.report_to == "none" else args.report_to,
-        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / args.logging_dir)),
+        project_config=ProjectConfiguration(
+            project_dir=str(output_dir), logging_dir=str(output_dir / args.logging_dir)
+        ),
     )
-    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%m/%d/%Y %H:%M:%S",
-                        level=logging.INFO)  # fmt: skip
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%m/%d/%Y %H:%M:%S", level=logging.INFO
+    )
     logger.info(accelerator.state, main_process_only=False)
     if accelerator.is_local_main_process:
         transformers.utils.logging.set_verbosity_warning()
@@ -285,71 +343,19 @@ def register_checkpoint_hooks(
     accelerator.register_load_state_pre_hook(load_model_hook)
 
 
-def check_resumed_topology(accelerator: Accelerator, state: dict, num_workers: int, streaming: bool) -> None:
-    r"""After loading a checkpoint's training `state`: warn when it was written by a different number of processes
-    (or, for streamed data, of dataloader workers), as the data order then differs from an uninterrupted run; record
-    the current numbers in `state` (`num_processes`, `num_workers`)."""
-    workers_changed = streaming and state["num_workers"] != num_workers
-    if state["num_processes"] != accelerator.num_processes or workers_changed:
-        logger.warning("the checkpoint was written with a different number of processes/workers: the data order "
-                       "will differ from an uninterrupted run")  # fmt: skip
-    state["num_processes"], state["num_workers"] = accelerator.num_processes, num_workers
-
-
 # ----------------------------------------------------------------------------------------------------------------------
-# Training loop plumbing
+# Optimisation
 # ----------------------------------------------------------------------------------------------------------------------
 def get_lr_scheduler(args: argparse.Namespace, optimizer: torch.optim.Optimizer, num_processes: int):
     r"""`--lr_scheduler` with `--lr_warmup_steps` and `--max_train_steps` for `optimizer`. Both step counts are
     multiplied by `num_processes`: the prepared scheduler steps once per process at every optimizer step (diffusers'
     convention)."""
-    return get_scheduler(args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps * num_processes,
-                         num_training_steps=args.max_train_steps * num_processes)  # fmt: skip
-
-
-def make_dataloader(dataset: BatchDataset, num_workers: int, pin_memory: bool = False) -> torch.utils.data.DataLoader:
-    r"""The `DataLoader` of one epoch of a [`BatchDataset`] (`batch_size=None`: the dataset yields whole items).
-
-    It has its own generator, seeded from the dataset's `(seed, process_index, epoch, start_index)`: creating its
-    iterator draws nothing from the global torch RNG, whose state checkpoints restore, so a resumed run's global RNG
-    matches an uninterrupted run's."""
-    generator = torch.Generator().manual_seed(
-        derive_seed(dataset.seed, dataset.process_index, dataset.epoch, dataset.start_index)
+    return get_scheduler(
+        args.lr_scheduler,
+        optimizer,
+        num_warmup_steps=args.lr_warmup_steps * num_processes,
+        num_training_steps=args.max_train_steps * num_processes,
     )
-    return torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=num_workers, collate_fn=identity_collate,
-                                       pin_memory=pin_memory, generator=generator)  # fmt: skip
-
-
-def log_skipped(item: dict, skip_stats: SkipStats, num_logged: int) -> int:
-    r"""Count the records a [`BatchDataset`] item skipped into `skip_stats` and log each (on every process) until
-    `MAX_LOGGED_SKIPS` have been logged.
-
-    Args:
-        item (`dict`): The item (`skipped`: counts by reason, `skip_examples`: `(reason, key, detail)` tuples).
-        skip_stats ([`SkipStats`]): The counts of the run, updated in place.
-        num_logged (`int`): How many skipped records were seen so far in this run.
-
-    Returns:
-        `int`: The new number of skipped records seen (pass it back at the next item).
-    """
-    if item["skipped"]:
-        for reason, count in item["skipped"].items():
-            skip_stats.counts[reason] += count
-        for reason, key, detail in item["skip_examples"]:
-            if num_logged < MAX_LOGGED_SKIPS:
-                logger.warning(f"skipped {key}: {reason} ({detail})", main_process_only=False)
-            num_logged += 1
-    return num_logged
-
-
-def reduce_skip_stats(accelerator: Accelerator, skip_stats: SkipStats) -> SkipStats:
-    r"""The skipped-record counts summed over all processes (call on every process); logs the total."""
-    counts = torch.tensor([float(skip_stats.counts.get(r, 0)) for r in SKIP_REASONS], device=accelerator.device)
-    counts = accelerator.reduce(counts, reduction="sum") if accelerator.num_processes > 1 else counts
-    total = SkipStats()
-    total.counts.update({r: int(c) for r, c in zip(SKIP_REASONS, counts.tolist()) if c})
-    logger.info(f"Skipped {total.total} unusable records in total ({total.summary()})")
-    return total
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -364,7 +370,7 @@ def common_hyperparameters(args: argparse.Namespace, accelerator: Accelerator, t
         "lr_scheduler": args.lr_scheduler,
         "lr_warmup_steps": args.lr_warmup_steps,
         "optimizer": f"AdamW (betas=({args.adam_beta1}, {args.adam_beta2}), weight_decay={args.adam_weight_decay}, "
-                     f"eps={args.adam_epsilon})",
+        f"eps={args.adam_epsilon})",
         "max_grad_norm": args.max_grad_norm,
         "train_batch_size (per device)": args.train_batch_size,
         "processes": accelerator.num_processes,
@@ -373,25 +379,4 @@ def common_hyperparameters(args: argparse.Namespace, accelerator: Accelerator, t
         "mixed_precision": accelerator.mixed_precision,
         "gradient_checkpointing": args.gradient_checkpointing,
         "EMA": f"decay {args.ema_decay}" if args.use_ema else "no",
-    }  # fmt: skip
-
-
-def end_run(accelerator: Accelerator) -> None:
-    r"""Close the trackers and end the run.
-
-    A multi-process run waits for every rank, then leaves with `os._exit(0)` instead of tearing its process group down:
-    with torch's gloo backend the teardown can deadlock (the main thread, holding the GIL, destroys the process group
-    and joins a gloo worker thread that is waiting for the GIL to release a tensor of the last collective). That hung
-    about one 2-process CPU run in ten here. Everything the run writes is closed before this is called, so skipping
-    the interpreter's teardown loses nothing. Single-process runs return normally.
-    """
-    if accelerator.num_processes == 1:
-        accelerator.end_training()
-        return
-    accelerator.wait_for_everyone()
-    for tracker in accelerator.trackers:
-        tracker.finish()
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    }

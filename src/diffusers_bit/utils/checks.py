@@ -72,7 +72,9 @@ def check_generator(name: str, generator: Any, count: Optional[int] = None) -> N
     if isinstance(generator, (list, tuple)):
         bad = [type(g).__name__ for g in generator if not isinstance(g, torch.Generator)]
         if bad or not generator:
-            raise TypeError(f"`{name}` must be a torch.Generator or a non-empty list of them, got a list with {bad or 'nothing'}")
+            raise TypeError(
+                f"`{name}` must be a torch.Generator or a non-empty list of them, got a list with {bad or 'nothing'}"
+            )
         if count is not None and len(generator) != count:
             raise ValueError(f"`{name}` is a list of {len(generator)} generators; pass one generator or {count}")
         return
@@ -88,7 +90,9 @@ def read_json_file(path: Union[str, os.PathLike], what: str = "") -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
-        raise ValueError(f"{label} is not valid JSON (line {error.lineno}, column {error.colno}: {error.msg})") from None
+        raise ValueError(
+            f"{label} is not valid JSON (line {error.lineno}, column {error.colno}: {error.msg})"
+        ) from None
     except UnicodeDecodeError:
         raise ValueError(f"{label} is not a UTF-8 text file") from None
 
@@ -119,8 +123,9 @@ def check_device(name: str, device: Union[str, torch.device, None]) -> Optional[
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         available.append("mps")
     if parsed.type == "cuda" and (not torch.cuda.is_available() or (parsed.index or 0) >= torch.cuda.device_count()):
-        raise ValueError(f"`{name}` {device!r} is not available with this torch build ({torch.__version__}); "
-                         f"available: {available}")  # fmt: skip
+        raise ValueError(
+            f"`{name}` {device!r} is not available with this torch build ({torch.__version__}); available: {available}"
+        )
     if parsed.type == "mps" and "mps" not in available:
         raise ValueError(f"`{name}` {device!r} is not available on this machine; available: {available}")
     if parsed.type not in ("cpu", "cuda", "mps", "xpu", "meta"):
@@ -130,8 +135,9 @@ def check_device(name: str, device: Union[str, torch.device, None]) -> Optional[
 
 # what diffusers' `EMAModel.save_pretrained` adds to a model's config.json (an EMA checkpoint is loaded through the
 # model class)
-EMA_CONFIG_KEYS = frozenset({"decay", "inv_gamma", "min_decay", "optimization_step", "power", "update_after_step",
-                             "use_ema_warmup", "foreach"})  # fmt: skip
+EMA_CONFIG_KEYS = frozenset(
+    {"decay", "inv_gamma", "min_decay", "optimization_step", "power", "update_after_step", "use_ema_warmup", "foreach"}
+)
 
 
 class StrictConfigMixin:
@@ -161,7 +167,9 @@ class StrictConfigMixin:
         path = os.fspath(pretrained_model_name_or_path) if pretrained_model_name_or_path is not None else None
         if path is not None and not os.path.isdir(path):
             if os.path.exists(path):
-                raise FileNotFoundError(f"`pretrained_model_name_or_path` {path!r} is a file; pass the folder that holds it")
+                raise FileNotFoundError(
+                    f"`pretrained_model_name_or_path` {path!r} is a file; pass the folder that holds it"
+                )
             if looks_like_path(path):
                 raise FileNotFoundError(f"`pretrained_model_name_or_path` {path!r} does not exist (no such folder)")
         elif path is not None:
@@ -243,8 +251,10 @@ def write_file_atomically(path: Union[str, os.PathLike], data: bytes, overwrite:
             try:
                 os.link(temp, path)
             except FileExistsError:
-                raise FileExistsError(f"{path} already exists (created while this command ran); nothing was "
-                                      "replaced, pass --overwrite to replace it") from None  # fmt: skip
+                raise FileExistsError(
+                    f"{path} already exists (created while this command ran); nothing was "
+                    "replaced, pass --overwrite to replace it"
+                ) from None
             except OSError:  # file systems without hard links: exclusive create, then copy
                 with open(path, "xb") as f:
                     f.write(data)
@@ -274,8 +284,9 @@ def check_safetensors_file(path: Union[str, os.PathLike]) -> None:
             for key in keys[-1:]:  # the data of the last tensor must lie inside the file
                 f.get_slice(key)
     except Exception as error:  # noqa: BLE001 (safetensors raises its own error types)
-        raise ValueError(f"{path} is not a readable safetensors file (truncated or corrupt?): "
-                         f"{' '.join(str(error).split())[:200]}") from None  # fmt: skip
+        raise ValueError(
+            f"{path} is not a readable safetensors file (truncated or corrupt?): {' '.join(str(error).split())[:200]}"
+        ) from None
     if size < 8:
         raise ValueError(f"{path} is not a readable safetensors file (truncated)")
 
@@ -300,8 +311,10 @@ def hub_error_message(repo_id: str, error: BaseException) -> str:
     elif kind == "RevisionNotFoundError":
         reason = "the `revision` does not exist in this repo"
     elif kind in ("LocalEntryNotFoundError", "OfflineModeIsEnabled"):
-        reason = ("it is not in the local cache and the Hub cannot be reached (offline: download it once with "
-                  "network access, or pass a local folder)")  # fmt: skip
+        reason = (
+            "it is not in the local cache and the Hub cannot be reached (offline: download it once with "
+            "network access, or pass a local folder)"
+        )
     else:
         reason = " ".join(str(error).split())[:200] or kind
     return f"could not load {repo_id!r} from the Hugging Face Hub: {reason}. If it is meant as a local folder, check the path"

@@ -48,5 +48,7 @@ def preferred_dtype(device: Optional[Union[str, torch.device]] = None) -> torch.
 def describe_cpu() -> str:
     """One line about the CPU's matrix capabilities (for benchmark headers)."""
     bf16 = [flag for flag in BF16_CPU_FLAGS if flag in cpu_flags()]
-    return (f"{platform.machine()}, {torch.get_num_threads()} threads, torch CPU capability "
-            f"{torch.backends.cpu.get_cpu_capability()}, bf16 matrix instructions: {', '.join(bf16) or 'none'}")  # fmt: skip
+    return (
+        f"{platform.machine()}, {torch.get_num_threads()} threads, torch CPU capability "
+        f"{torch.backends.cpu.get_cpu_capability()}, bf16 matrix instructions: {', '.join(bf16) or 'none'}"
+    )

