@@ -33,7 +33,14 @@ from ..utils.package_models import (
     read_reference,
     write_reference,
 )
-from ..utils.remote_code import export_pipeline, normalize_index, remove_remote_code, strip_remote_code
+from ..utils.remote_code import (
+    AutoMapConfigMixin,
+    export_pipeline,
+    normalize_index,
+    push_saved_folder,
+    remove_remote_code,
+    strip_remote_code,
+)
 from ..utils.text_encoders import text_padding_side
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
@@ -83,7 +90,7 @@ def _repeat_rows(t: Optional[torch.Tensor], repeats: int, dim: int) -> Optional[
     return t if t is None or repeats == 1 else t.repeat_interleave(repeats, dim=dim)
 
 
-class InstellaPipelineBase(DiffusionPipeline, InstellaLoraLoaderMixin):
+class InstellaPipelineBase(AutoMapConfigMixin, DiffusionPipeline, InstellaLoraLoaderMixin):
     r"""Shared base of [`InstellaT2IPipeline`] and [`InstellaARPipeline`]; not meant to be used directly.
 
     Components common to both: `tokenizer` (text), `text_encoder` (any transformers model returning hidden states:
@@ -242,10 +249,8 @@ class InstellaPipelineBase(DiffusionPipeline, InstellaLoraLoaderMixin):
             export_pipeline(self, save_directory)
         else:
             strip_remote_code(save_directory)
-        if push_to_hub:  # diffusers would upload inside save_pretrained, before the references and code are written
-            hub_kwargs = {k: kwargs[k] for k in ("token", "private", "create_pr", "commit_message") if k in kwargs}
-            repo_id = kwargs.get("repo_id", str(save_directory).rstrip(os.sep).split(os.sep)[-1])
-            self.push_to_hub(repo_id, **hub_kwargs)
+        if push_to_hub:
+            push_saved_folder(self, save_directory, kwargs)
 
     @classmethod
     def load_config(cls, pretrained_model_name_or_path, *args, **kwargs):
@@ -258,11 +263,6 @@ class InstellaPipelineBase(DiffusionPipeline, InstellaLoraLoaderMixin):
             normalized = normalize_index(config, folder)
             result = (normalized, *result[1:]) if isinstance(result, tuple) else normalized
         return result
-
-    @classmethod
-    def extract_init_dict(cls, config_dict, **kwargs):
-        config_dict = {key: value for key, value in config_dict.items() if key != "auto_map"}
-        return super().extract_init_dict(config_dict, **kwargs)
 
     def push_to_hub(
         self,

@@ -256,17 +256,35 @@ def normalize_index(index: dict, folder: Union[str, os.PathLike]) -> dict:
     return index
 
 
-class RemoteCodeMixin:
-    r"""For the models and the scheduler: `save_pretrained(..., remote_code=True)` also writes the entry file and the
-    flat module copies (see the module docstring) and, for models, an `auto_map` in `config.json`; loading drops the
-    `auto_map` key (it is bookkeeping for `AutoModel`, not a constructor argument)."""
-
-    _remote_code_entry: str = MODEL_ENTRY
+class AutoMapConfigMixin:
+    r"""Loading drops a config's `auto_map` key (bookkeeping for `AutoModel`, not a constructor argument): for the
+    models, the scheduler and the pipelines (whose `model_index.json` carries it)."""
 
     @classmethod
     def extract_init_dict(cls, config_dict, **kwargs):
         config_dict = {key: value for key, value in config_dict.items() if key != "auto_map"}
         return super().extract_init_dict(config_dict, **kwargs)
+
+
+def push_saved_folder(obj, save_directory: Union[str, os.PathLike], kwargs: dict) -> None:
+    r"""`save_pretrained(push_to_hub=True)` done after the folder is complete: diffusers would upload inside its
+    `save_pretrained`, before references and code are written. Pushes `obj` with the hub arguments in `kwargs`."""
+    hub_kwargs = {k: kwargs[k] for k in ("token", "private", "create_pr", "commit_message") if k in kwargs}
+    repo_id = kwargs.get("repo_id", str(save_directory).rstrip(os.sep).split(os.sep)[-1])
+    obj.push_to_hub(repo_id, **hub_kwargs)
+
+
+def _warn_saved_without_code(name: str) -> None:
+    from diffusers.utils import logging
+
+    logging.get_logger(__name__).warning(f"{name} saved without its remote code: diffusers-bit is not installed")
+
+
+class RemoteCodeMixin(AutoMapConfigMixin):
+    r"""For the models and the scheduler: `save_pretrained(..., remote_code=True)` also writes the entry file and the
+    flat module copies (see the module docstring) and, for models, an `auto_map` in `config.json`."""
+
+    _remote_code_entry: str = MODEL_ENTRY
 
     def save_pretrained(self, save_directory: Union[str, os.PathLike], *args, remote_code: bool = True, **kwargs):
         r"""diffusers' `save_pretrained`; with `remote_code=True` (the default) the folder also loads where
@@ -277,10 +295,8 @@ class RemoteCodeMixin:
         remove_remote_code(save_directory)
         if remote_code:
             export_component(self, save_directory)
-        if push_to_hub:  # diffusers would upload inside save_pretrained, before the code is written
-            hub_kwargs = {k: kwargs[k] for k in ("token", "private", "create_pr", "commit_message") if k in kwargs}
-            repo_id = kwargs.get("repo_id", str(save_directory).rstrip(os.sep).split(os.sep)[-1])
-            self.push_to_hub(repo_id, **hub_kwargs)
+        if push_to_hub:
+            push_saved_folder(self, save_directory, kwargs)
 
 
 def export_component(component, folder: Union[str, os.PathLike]) -> bool:
@@ -291,9 +307,7 @@ def export_component(component, folder: Union[str, os.PathLike]) -> bool:
     if name not in CLASS_MODULES:
         return False
     if _is_flat_mode():
-        from diffusers.utils import logging
-
-        logging.get_logger(__name__).warning(f"{name} saved without its remote code: diffusers-bit is not installed")
+        _warn_saved_without_code(name)
         return False
     entry = getattr(component, "_remote_code_entry", MODEL_ENTRY)
     write_remote_code(folder, name, entry)
@@ -313,13 +327,10 @@ def export_pipeline(pipeline, folder: Union[str, os.PathLike]) -> bool:
     and scheduler folders got their code from their own `save_pretrained`). Returns whether code was written."""
     folder = Path(folder)
     name = type(pipeline).__name__
-    if name not in CLASS_MODULES or _is_flat_mode():
-        if _is_flat_mode():
-            from diffusers.utils import logging
-
-            logging.get_logger(__name__).warning(
-                f"{name} saved without its remote code: diffusers-bit is not installed"
-            )
+    if name not in CLASS_MODULES:
+        return False
+    if _is_flat_mode():
+        _warn_saved_without_code(name)
         return False
     index_path = folder / "model_index.json"
     index = json.loads(index_path.read_text(encoding="utf-8"))
