@@ -278,6 +278,9 @@ def _version(package: str) -> Optional[str]:
 
 def environment(device: torch.device) -> dict:
     """Machine, software and date of the run."""
+    from diffusers_bit.utils.dtypes import dtype_name
+    from diffusers_bit.utils.hardware import cpu_has_bf16_matmul, preferred_dtype
+
     total_ram = None
     try:
         total_ram = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
@@ -288,6 +291,9 @@ def environment(device: torch.device) -> dict:
         "commit": git_commit(),
         "cpu": _cpu_model(),
         "cpu_flags": _cpu_flags(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "bf16_matmul_instructions": cpu_has_bf16_matmul(),
+        "preferred_dtype": dtype_name(preferred_dtype(device)),
         "cpu_cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "ram_gib": total_ram,

@@ -62,7 +62,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="cpu or cuda (ROCm builds of torch use cuda too). Default: cuda when available.",
     )
-    group.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16")
+    group.add_argument(
+        "--dtype",
+        choices=["auto", "bfloat16", "float16", "float32"],
+        default="auto",
+        help="Inference dtype. auto (default): the faster one for --device, as the CLI's --dtype auto decides "
+        "(diffusers_bit.utils.hardware.preferred_dtype: bfloat16 on GPUs and on CPUs with bf16 matrix "
+        "instructions, float32 on other CPUs).",
+    )
     group.add_argument("--only", nargs="+", choices=SECTIONS, default=None, help="Run only these sections.")
     group.add_argument("--output_dir", default="outputs/benchmarks", help="Writes results.json and results.md here.")
     group.add_argument("--seed", type=int, default=0)
@@ -86,6 +93,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         action="store_true",
         help="Regional torch.compile of our models (compile_repeated_blocks, inductor) before timing; "
         "one extra untimed call per measurement absorbs compilation. Inference sections only.",
+    )
+    group.add_argument(
+        "--freeze_weights",
+        action="store_true",
+        help="With --compile: compile_repeated_blocks(freeze_weights=True), the weights become constants of the "
+        "compiled code (on CPUs: oneDNN-packed bf16 weights, GELU fused into the matmul).",
     )
     group.add_argument(
         "--attention_backend",
@@ -210,6 +223,16 @@ def parse_args(argv=None) -> argparse.Namespace:
             parser.error(f"--{name} must be >= 1")
     if args.warmup < 0:
         parser.error("--warmup must be >= 0")
+    if args.freeze_weights and not args.compile:
+        parser.error("--freeze_weights needs --compile")
+    if args.dtype == "auto":
+        from diffusers_bit.utils.dtypes import dtype_name
+        from diffusers_bit.utils.hardware import preferred_dtype
+
+        args.dtype_choice = "auto"
+        args.dtype = dtype_name(preferred_dtype(args.device))
+    else:
+        args.dtype_choice = args.dtype
     if args.attention_backend is not None:
         from diffusers.models.attention_dispatch import AttentionBackendName
 
@@ -328,7 +351,9 @@ def settings_of(args: argparse.Namespace) -> dict:
         "seed",
         "in_process",
         "compile",
+        "freeze_weights",
         "attention_backend",
+        "dtype_choice",
     )
     settings = {k: getattr(args, k) for k in keys}
     settings["device_type"] = args.device.split(":")[0]

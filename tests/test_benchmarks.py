@@ -25,7 +25,6 @@ from benchmarks.run_benchmarks import parse_args, plan_tasks, run_task  # noqa: 
 SCRIPT = ROOT / "benchmarks" / "run_benchmarks.py"
 TARGET_NAMES = [
     "diffusion_step_vs_official",
-    "ar_kv_cache_speedup",
     "diffusion_step_fraction_of_matmul_peak",
     "full_image_vs_pixart",
     "gpu_diffusion_image",
@@ -73,11 +72,14 @@ def test_one_command_runs_every_section_on_tiny(tmp_path):
     results, markdown, _ = run_suite(tmp_path, "--in_process")
     m = results["measurements"]
     expected = [
-        "efficiency.matmul_peak_flops",
+        "efficiency.matmul_peak_flops.float32",
+        "efficiency.matmul_peak_flops.bfloat16",
         "efficiency.step_flops",
         "efficiency.step_flops_analytic",
-        "efficiency.step_s",
-        "efficiency.achieved_flops",
+        "efficiency.step_s.float32",
+        "efficiency.step_s.bfloat16",
+        "efficiency.achieved_flops.float32",
+        "efficiency.achieved_flops.bfloat16",
         "efficiency.fraction_of_peak",
         "diffusion.params",
         "diffusion.prepare_text_kv_s",
@@ -92,6 +94,12 @@ def test_one_command_runs_every_section_on_tiny(tmp_path):
         "ar.params",
         "ar.image_kv_cache_s",
         "ar.tokens_per_s_kv_cache",
+        "ar.decode_weight_bytes",
+        "ar.memory_bandwidth",
+        "ar.matvec_bandwidth",
+        "ar.streaming_bound_tokens_per_s",
+        "ar.fraction_of_streaming_bound",
+        "ar.fraction_of_matvec_bound",
         "ar.image_full_forward_s",
         "ar.tokens_per_s_full_forward",
         "ar.full_image_128_s",
@@ -133,12 +141,29 @@ def test_one_command_runs_every_section_on_tiny(tmp_path):
     assert official.OFFICIAL_REPO_ENV in targets["diffusion_step_vs_official"]["reason"]
     for name in ("gpu_diffusion_image", "gpu_ar_image", "gpu_dit_training"):
         assert targets[name]["reason"] == "not measured: no GPU"
-    for name in ("ar_kv_cache_speedup", "diffusion_step_fraction_of_matmul_peak", "full_image_vs_pixart"):
+    for name in ("diffusion_step_fraction_of_matmul_peak", "full_image_vs_pixart"):
         assert targets[name]["value"] > 0 and "instella-t2i preset" in targets[name]["reason"]
+    # the efficiency ratio is the fastest dtype's step over the best peak of any dtype measured
+    peaks = {d: m[f"efficiency.matmul_peak_flops.{d}"]["value"] for d in ("float32", "bfloat16")}
+    steps = {d: m[f"efficiency.step_s.{d}"]["value"] for d in ("float32", "bfloat16")}
+    fastest = min(steps, key=steps.get)
+    assert m["efficiency.fraction_of_peak"]["value"] == pytest.approx(
+        m["efficiency.step_flops"]["value"] / steps[fastest] / max(peaks.values())
+    )
+    assert m["efficiency.fraction_of_peak"]["fastest_dtype"] == fastest
+    assert m["efficiency.fastest_dtype_matches_auto"]["unit"] == "yes/no"
+    # KV-cache decoding against the streaming bound: batch 1, weights read once per forward
+    ar_params = m["ar.params"]["value"]
+    assert 0 < m["ar.decode_weight_bytes"]["value"] < 4 * ar_params  # float32, text projections left out
+    bound = m["ar.memory_bandwidth"]["value"] / m["ar.decode_weight_bytes"]["value"]
+    assert m["ar.streaming_bound_tokens_per_s"]["value"] == pytest.approx(bound)
+    assert m["ar.fraction_of_streaming_bound"]["value"] == pytest.approx(m["ar.tokens_per_s_kv_cache"]["value"] / bound)
     assert all(t["status"] == "not measured" for t in targets.values())
 
     env, settings = results["environment"], results["settings"]
     assert env["date"] and env["cpu"] and env["torch"] == torch.__version__
+    assert env["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert env["preferred_dtype"] in ("float32", "bfloat16")
     assert settings["preset"] == "tiny" and results["command"].startswith("python benchmarks/run_benchmarks.py")
     for text in (
         "## Targets",
@@ -164,7 +189,7 @@ def test_sections_run_in_their_own_process(tmp_path):
     assert (out / "logs" / "efficiency.log").is_file()
     assert not (out / "logs" / "official.log").exists()  # known up front: no process started
     assert results["sections"]["efficiency"]["status"] == "ok"
-    assert results["measurements"]["efficiency.step_s"]["peak_memory_gib"] > 0
+    assert results["measurements"]["efficiency.step_s.float32"]["peak_memory_gib"] > 0
     reason = results["targets"][TARGET_NAMES.index("full_image_vs_pixart")]["reason"]
     assert "section was not run (--only)" in reason
 
@@ -245,9 +270,8 @@ def paper_measurements(**changes):
         "official.step_s": rec(1.3),
         "diffusion.image_s": rec(20.0),
         "ar.image_kv_cache_s": rec(10.0),
-        "ar.image_full_forward_s": rec(90.0, extrapolated="from 8 tokens"),
         "efficiency.fraction_of_peak": rec(0.8),
-        "pixart.image_s": rec(900.0),
+        "pixart.image_s": rec(900.0, extrapolated="1 of 28 blocks timed"),
         "tokenizer.decode_512_s": rec(2.0),
         "tokenizer.decode_768_s": rec(4.0),
         "tokenizer.decode_1024_s": rec(5.0),
@@ -295,29 +319,25 @@ def test_cpu_targets_pass_and_fail():
     t = targets_of(paper_measurements(), settings())
     assert t["diffusion_step_vs_official"]["value"] == pytest.approx(1 / 1.3)
     assert t["diffusion_step_vs_official"]["status"] == "pass"
-    assert t["ar_kv_cache_speedup"]["status"] == "pass" and t["ar_kv_cache_speedup"]["value"] == 9.0
-    assert t["ar_kv_cache_speedup"]["extrapolated"] == "from 8 tokens"
+    assert t["full_image_vs_pixart"]["extrapolated"] == "1 of 28 blocks timed"
     assert t["diffusion_step_fraction_of_matmul_peak"]["status"] == "pass"
     assert t["full_image_vs_pixart"]["value"] == 36.0 and t["full_image_vs_pixart"]["status"] == "pass"
     for name in ("gpu_diffusion_image", "gpu_ar_image", "gpu_dit_training"):
         assert t[name]["status"] == "not measured" and t[name]["reason"] == "not measured: no GPU"
 
     t = targets_of(
-        paper_measurements(
-            official__step_s=1.2, ar__image_full_forward_s=70.0, efficiency__fraction_of_peak=0.7, pixart__image_s=400.0
-        ),
+        paper_measurements(official__step_s=1.2, efficiency__fraction_of_peak=0.7, pixart__image_s=400.0),
         settings(),
     )
     for name in (
         "diffusion_step_vs_official",
-        "ar_kv_cache_speedup",
         "diffusion_step_fraction_of_matmul_peak",
         "full_image_vs_pixart",
     ):
         assert t[name]["status"] == "fail", name
     # exactly on the threshold passes
-    t = targets_of(paper_measurements(official__step_s=1.25, ar__image_full_forward_s=80.0), settings())
-    assert t["diffusion_step_vs_official"]["status"] == "pass" and t["ar_kv_cache_speedup"]["status"] == "pass"
+    t = targets_of(paper_measurements(official__step_s=1.25, pixart__image_s=500.0), settings())
+    assert t["diffusion_step_vs_official"]["status"] == "pass" and t["full_image_vs_pixart"]["status"] == "pass"
 
 
 def test_gpu_targets():
@@ -350,18 +370,22 @@ def test_targets_not_measured_reasons():
     assert t["full_image_vs_pixart"]["reason"] == "not measured: pixart failed"
 
     t = targets_of(
-        paper_measurements(ar__image_full_forward_s=None),
-        settings(),
+        paper_measurements(ar__image_kv_cache_s=None),
+        settings(device_type="cuda"),
         {k: v for k, v in ALL_SECTIONS.items() if k != "ar"},
     )
-    assert t["ar_kv_cache_speedup"]["reason"] == "not measured: the ar section was not run (--only)"
+    assert t["gpu_ar_image"]["reason"] == "not measured: the ar section was not run (--only)"
+    t = targets_of(paper_measurements(efficiency__fraction_of_peak=None), settings(), {})
+    assert t["diffusion_step_fraction_of_matmul_peak"]["reason"] == (
+        "not measured: the efficiency section was not run (--only)"
+    )
 
     t = targets_of(paper_measurements(), settings(preset="tiny"))
-    assert t["ar_kv_cache_speedup"]["value"] == 9.0
-    assert t["ar_kv_cache_speedup"]["reason"].startswith("not measured: targets are for the instella-t2i preset")
+    assert t["diffusion_step_vs_official"]["value"] == pytest.approx(1 / 1.3)
+    assert t["diffusion_step_vs_official"]["reason"].startswith("not measured: targets are for the instella-t2i")
+    # the efficiency target compares the fastest dtype with the best peak, whatever the run's --dtype
     t = targets_of(paper_measurements(), settings(dtype="float32"))
-    assert "for bfloat16" in t["diffusion_step_fraction_of_matmul_peak"]["reason"]
-    assert t["ar_kv_cache_speedup"]["status"] == "pass"
+    assert t["diffusion_step_fraction_of_matmul_peak"]["status"] == "pass"
     t = targets_of(paper_measurements(), settings(steps=10))
     assert t["full_image_vs_pixart"]["reason"] == "not measured: the target is for 20 steps (this run: 10)"
     t = targets_of({}, settings(), {})
@@ -370,7 +394,8 @@ def test_targets_not_measured_reasons():
 
 def test_markdown_marks_extrapolated_numbers_and_statuses():
     m = paper_measurements()
-    m["ar.image_full_forward_s"]["label"] = "seconds per image | full forward"
+    m["official.step_s"] = rec(1.3, extrapolated="from 8 tokens")
+    m["pixart.image_s"]["label"] = "seconds per image | full forward"
     run = settings()
     results = {
         "command": "python benchmarks/run_benchmarks.py",
@@ -394,7 +419,7 @@ def test_markdown_marks_extrapolated_numbers_and_statuses():
         "targets": report.evaluate_targets(m, run, ALL_SECTIONS),
     }
     text = report.render_markdown(results)
-    assert "| 9x * | >= 8x | **pass** |" in text
+    assert "| 0.769x * | <= 0.8x | **pass** |" in text
     assert "**extrapolated**: from 8 tokens" in text
     assert "seconds per image / full forward" in text  # a pipe in a label does not break the table
     assert "not measured: no GPU" in text and "time budget 20 s per measurement" in text
@@ -563,24 +588,32 @@ def test_speed_switches_reach_our_models_before_timing_and_every_record(monkeypa
 
         monkeypatch.setattr(cls, "set_attention_backend", spy_backend)
         # inductor is exercised in test_attention_dispatch; here only the call and its order matter
-        compile_spy = lambda self: events.append(("compile", type(self).__name__))  # noqa: E731
+        compile_spy = lambda self, freeze_weights: events.append(("compile", type(self).__name__, freeze_weights))  # noqa: E731
         monkeypatch.setattr(cls, "compile_repeated_blocks", compile_spy)
     measure = inference.measure
     monkeypatch.setattr(inference, "measure", lambda *a, **k: events.append(("measure",)) or measure(*a, **k))
 
-    args = tiny_args(compile=True, attention_backend="_native_math", per_step_only=True, ar_full_tokens=2)
-    for run, model in (
-        (inference.run_diffusion, "BinaryDiT"),
-        (inference.run_ar, "BinaryARTransformer"),
-        (inference.run_tokenizer, "BinaryLatentTokenizer"),
-    ):
-        events.clear()
-        out = run(args)
-        assert events[:3] == [("backend", model, "_native_math"), ("compile", model), ("measure",)], events
-        for key, rec in out.items():
-            assert rec["compiled"] is True and rec["attention_backend"] == "_native_math", key
-            if rec["unit"] != "params":
-                assert rec["note"].endswith("attention backend _native_math; regional torch.compile"), key
+    for freeze in (False, True):
+        args = tiny_args(
+            compile=True, freeze_weights=freeze, attention_backend="_native_math", per_step_only=True, ar_full_tokens=2
+        )
+        said = "attention backend _native_math; regional torch.compile" + (" with frozen weights" if freeze else "")
+        for run, model in (
+            (inference.run_diffusion, "BinaryDiT"),
+            (inference.run_ar, "BinaryARTransformer"),
+            (inference.run_tokenizer, "BinaryLatentTokenizer"),
+        ):
+            events.clear()
+            out = run(args)
+            assert events[:3] == [("backend", model, "_native_math"), ("compile", model, freeze), ("measure",)]
+            for key, rec in out.items():
+                if key == "ar.memory_bandwidth":  # no model involved
+                    assert rec["compiled"] is False and rec["note"] is None
+                    continue
+                assert rec["compiled"] is True and rec["frozen_weights"] is freeze, key
+                assert rec["attention_backend"] == "_native_math", key
+                if rec["unit"] not in ("params", "B"):
+                    assert rec["note"].endswith(said), key
 
     out = inference.run_pixart(tiny_args(compile=True, attention_backend="_native_math", pixart_layers=1))
     assert all(rec["compiled"] is False and rec["attention_backend"] is None for rec in out.values())

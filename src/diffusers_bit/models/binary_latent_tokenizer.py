@@ -22,6 +22,7 @@ from ..utils.remote_code import RemoteCodeMixin
 from ..utils.torch_utils import GeneratorType
 from .attention import Attention, AttentionDispatchMixin
 from .binary_quantizer import BinaryQuantizer
+from .compilation import RegionalCompileMixin
 from .embeddings import ROPE_LAYOUTS, rope_cos_sin, sincos_2d_embedding
 from .feed_forward import SwiGLU
 from .gradient_checkpointing import run_block
@@ -294,7 +295,9 @@ class LinearPixelHead(nn.Module):
         return patches.permute(0, 5, 1, 3, 2, 4).reshape(tokens.shape[0], self.out_channels, height * p, width * p)
 
 
-class BinaryLatentTokenizer(AttentionDispatchMixin, RemoteCodeMixin, StrictConfigMixin, ModelMixin, ConfigMixin):
+class BinaryLatentTokenizer(
+    AttentionDispatchMixin, RegionalCompileMixin, RemoteCodeMixin, StrictConfigMixin, ModelMixin, ConfigMixin
+):
     r"""1D binary latent tokenizer: an image becomes `num_latent_tokens` tokens of `bits_per_token` bits each (128 x
     64 bits = 1 KiB for the paper model) and decodes back at any resolution the config supports.
 

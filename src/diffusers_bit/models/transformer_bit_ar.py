@@ -15,6 +15,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from ..utils.checks import StrictConfigMixin
 from ..utils.remote_code import RemoteCodeMixin
 from .attention import Attention, AttentionDispatchMixin, KVCacheLayer, joint_attention_mask
+from .compilation import RegionalCompileMixin
 from .gradient_checkpointing import run_block
 from .lora import apply_lora_scale
 from .normalization import RMSNorm
@@ -80,6 +81,7 @@ class BinaryARBlock(TextProjectionMixin, nn.Module):
 
 class BinaryARTransformer(
     AttentionDispatchMixin,
+    RegionalCompileMixin,
     RemoteCodeMixin,
     StrictConfigMixin,
     ModelMixin,

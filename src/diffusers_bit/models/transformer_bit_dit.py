@@ -17,6 +17,7 @@ from diffusers.models.normalization import AdaLayerNormContinuous, AdaLayerNormZ
 from ..utils.checks import StrictConfigMixin
 from ..utils.remote_code import RemoteCodeMixin
 from .attention import Attention, AttentionDispatchMixin, joint_attention_mask
+from .compilation import RegionalCompileMixin
 from .gradient_checkpointing import run_block
 from .lora import apply_lora_scale
 from .text_conditioning import TextConditioningMixin, TextKV, TextProjectionMixin
@@ -68,6 +69,7 @@ class BinaryDiTBlock(TextProjectionMixin, nn.Module):
 
 class BinaryDiT(
     AttentionDispatchMixin,
+    RegionalCompileMixin,
     RemoteCodeMixin,
     StrictConfigMixin,
     ModelMixin,
