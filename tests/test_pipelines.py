@@ -186,9 +186,9 @@ def test_text_keys_values_computed_once_per_call(kind, request):
 
 @pytest.mark.parametrize("kind", ["t2i", "ar"])
 def test_text_keys_values_projected_once_per_prompt(kind, request):
-    """With several images per prompt the text keys/values are projected for the prompts alone and then repeated: the
-    projection sees 2 prompts + 2 negative prompts (not 12 rows), and the bits equal those of features repeated
-    before the projection."""
+    """With several images per prompt the text keys/values are projected for the prompts alone and then repeated, and
+    the two identical negative prompts are projected once: the projection sees 2 prompts + 1 negative prompt (not 12
+    rows), and the bits equal those of features repeated before the projection."""
     pipe = request.getfixturevalue(kind)
     embeds, mask, neg, neg_mask = pipe.encode_prompt(["a red cat", "two green triangles"], negative_prompt="")
     blocks = pipe.transformer.transformer_blocks
@@ -210,7 +210,7 @@ def test_text_keys_values_projected_once_per_prompt(kind, request):
     finally:
         for h in handles:
             h.remove()
-    assert rows == [4] * len(blocks)
+    assert rows == [3] * len(blocks)
     repeated = run(
         pipe,
         None,

@@ -75,3 +75,40 @@ def test_text_projection_goes_through_the_blocks_method(name, monkeypatch):
     else:
         model(bits, text)
     assert calls == [0, 1]  # raw features: each block projects its own text inside its forward
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("name", GENERATORS)
+def test_identical_rows_are_projected_once(name, monkeypatch):
+    """The unconditional rows of a guided batch (one empty prompt per image) are projected once and shared: the
+    result equals projecting every row (within float round-off: a matrix product of fewer rows may round
+    differently), and the blocks see only the distinct rows. A row differing only in its mask
+    or in one layer is distinct."""
+    model = GENERATORS[name](text_num_layers=4)
+    text = torch.stack(make_text(2, layers=4))  # (L, B, T, C)
+    batch = torch.cat([text, text[:, :1], text[:, :1], text[:, 1:]], dim=1)  # rows 0, 1, 0, 0, 1
+    mask = torch.ones(5, 5)
+    seen = []
+    block = model.transformer_blocks[0]
+    monkeypatch.setattr(
+        block, "text_kv", lambda f, block=block: seen.append(f.shape[0]) or type(block).text_kv(block, f)
+    )
+    shared = model.prepare_text_kv(batch, mask)
+    assert seen == [2]
+    for index, (b, layer) in enumerate(zip(model.transformer_blocks, model.text_layer_map)):
+        keys, values = type(b).text_kv(b, batch[layer])
+        torch.testing.assert_close(shared.keys[index], keys, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(shared.values[index], values, rtol=1e-6, atol=1e-6)
+        assert torch.equal(shared.keys[index][2], shared.keys[index][0])  # the twins share one projection
+
+    seen.clear()
+    mask[3, 0] = 0  # row 3: same features, padded differently
+    other = batch.clone()
+    other[-1, 4, 0, 0] += 1  # row 4: differs in the last layer only
+    padded = model.prepare_text_kv(other, mask)
+    assert seen == [4]
+    zeroed = other[model.text_layer_map[0]] * mask[:, :, None]
+    torch.testing.assert_close(padded.keys[0], type(block).text_kv(block, zeroed)[0], rtol=1e-6, atol=1e-6)
+    seen.clear()
+    model.prepare_text_kv(make_text(3, layers=4))  # all distinct: the batch as it is
+    assert seen == [3]

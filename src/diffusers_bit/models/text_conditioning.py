@@ -137,12 +137,53 @@ def project_text_kv(
         [`TextKV`] with one `(B, H, T, D)` key and value tensor per block; its mask lies on the device of the keys.
     """
     mask = text_padding_mask(encoder_attention_mask, encoder_hidden_states[0].device)
+    # identical rows (the unconditional rows of a guided batch: one empty prompt per image) are projected once
+    groups = distinct_rows(encoder_hidden_states, mask)
     keys, values = [], []
     for block, layer in zip(blocks, layer_indices):
-        k, v = block.text_kv(zero_padding(encoder_hidden_states[layer], mask))
+        features, rows_mask = encoder_hidden_states[layer], mask
+        if groups is not None:
+            features, rows_mask = features[groups[0]], None if mask is None else mask[groups[0]]
+        k, v = block.text_kv(zero_padding(features, rows_mask))
+        if groups is not None:
+            k, v = k[groups[1].to(k.device)], v[groups[1].to(v.device)]
         keys.append(k)
         values.append(v)
     return TextKV(keys, values, None if mask is None else mask.to(keys[0].device))
+
+
+def distinct_rows(
+    encoder_hidden_states: Union[torch.Tensor, Sequence[torch.Tensor]], mask: Optional[torch.Tensor]
+) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+    r"""Groups of identical batch rows (the same features in every layer and the same mask).
+
+    Returns:
+        `None` when every row is distinct, else `(first, group)`: `(U,)` indices of the first row of each group and
+        `(B,)` the group of every row, so `x[first][group]` rebuilds a per-row result from the `U` distinct rows. Rows
+        are compared exactly (`torch.equal` on every layer; a per-row checksum narrows the candidates).
+    """
+    batch = encoder_hidden_states[0].shape[0]
+    if batch < 2 or encoder_hidden_states[0].device.type == "meta" or torch.compiler.is_compiling():
+        return None  # nothing to share, or no values to compare (meta tensors for counting FLOPs, tracing)
+    ends = (encoder_hidden_states[0], encoder_hidden_states[-1])
+    checksums = [tuple(row) for row in torch.stack([x.float().sum(dim=(1, 2)) for x in ends]).T.tolist()]
+    first, group, candidates = [], [], {}
+    for row, checksum in enumerate(checksums):
+        same = [g for g in candidates.get(checksum, []) if _same_row(encoder_hidden_states, mask, first[g], row)]
+        if not same:
+            same = [len(first)]
+            first.append(row)
+            candidates.setdefault(checksum, []).append(same[0])
+        group.append(same[0])
+    if len(first) == batch:
+        return None
+    return torch.tensor(first), torch.tensor(group)
+
+
+def _same_row(encoder_hidden_states, mask, a: int, b: int) -> bool:
+    if mask is not None and not torch.equal(mask[a], mask[b]):
+        return False
+    return all(torch.equal(layer[a], layer[b]) for layer in encoder_hidden_states)
 
 
 class TextProjectionMixin:
