@@ -375,6 +375,7 @@ def main(argv=None) -> int:
     tasks, skipped = plan_tasks(args)
     sections, measurements = {}, {}
     started = time.time()
+    machine = environment(torch.device(args.device))  # date and commit of the start: edits during the run don't count
     for index, task in enumerate(tasks, 1):
         print(f"[{index}/{len(tasks)}] {task} ...", end=" ", flush=True)
         start = time.time()
@@ -397,7 +398,7 @@ def main(argv=None) -> int:
     command = "python benchmarks/run_benchmarks.py " + " ".join(shlex.quote(a) for a in argv)
     results = {
         "command": command.strip(),
-        "environment": environment(torch.device(args.device)),
+        "environment": machine,
         "settings": settings,
         "wall_s": round(time.time() - started, 1),
         "targets": evaluate_targets(measurements, settings, sections),
