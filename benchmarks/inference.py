@@ -655,7 +655,10 @@ def _cached_step_timing(args: argparse.Namespace, device: torch.device, dtype: t
         args.preset, (args.batch_size, dit.config.num_tokens, dit.config.in_channels), args.steps, device
     )
     text_kv = dit.prepare_text_kv(feats, mask)
-    return _timing(args, lambda: sampler.one_step(lambda z, t: dit(z, t, text_kv=text_kv).sample), device)
+    timing = _timing(args, lambda: sampler.one_step(lambda z, t: dit(z, t, text_kv=text_kv).sample), device)
+    if getattr(args, "compile", False):
+        torch._dynamo.reset()  # compiled code with frozen weights holds its own copy of them: free it for the next dtype
+    return timing
 
 
 @torch.no_grad()

@@ -35,3 +35,10 @@ def test_this_machine_reads_its_flags():
     assert isinstance(flags, frozenset)
     if flags:  # Linux
         assert hardware.cpu_has_bf16_matmul() == bool({"avx512_bf16", "amx_bf16"} & flags)
+
+
+def test_helper_is_exported_for_python_users():
+    import diffusers_bit
+
+    assert diffusers_bit.preferred_dtype is hardware.preferred_dtype
+    assert diffusers_bit.preferred_dtype("cpu") in (torch.float32, torch.bfloat16)

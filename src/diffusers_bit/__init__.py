@@ -15,6 +15,6 @@ from .models import (
 from .pipelines import InstellaARPipeline, InstellaT2IImg2ImgPipeline, InstellaT2IPipeline
 from .presets import build_pipeline, load_preset_config
 from .schedulers import BernoulliScheduler, BernoulliSchedulerOutput
-from .utils import pack_bits, unpack_bits
+from .utils import pack_bits, preferred_dtype, unpack_bits
 
 __version__ = "0.1.0"
