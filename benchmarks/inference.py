@@ -451,7 +451,8 @@ def run_ar(args: argparse.Namespace) -> dict:
     tokens_per_s = b * n_tokens / cached["seconds"]
     out["ar.tokens_per_s_kv_cache"] = record(tokens_per_s, "tokens/s", "tokens per second, KV cache", note)
     streaming = streaming_bound(ar, args, device, dtype, tokens_per_s, note)
-    unswitched = {"ar.memory_bandwidth": streaming.pop("ar.memory_bandwidth")}  # no model involved
+    # plain reads and the uncompiled matrix-vector products of the model's linears: no switch applies to them
+    unswitched = {key: streaming.pop(key) for key in ("ar.memory_bandwidth", "ar.matvec_bandwidth")}
     out.update(streaming)
 
     full_tokens = min(args.ar_full_tokens or n_tokens, n_tokens)
@@ -521,7 +522,8 @@ def memory_bandwidth(device: torch.device, size_mib: int = 1024, repeats: int = 
 
 def matvec_bandwidth(model: torch.nn.Module, rows: int, device: torch.device, repeats: int = 3) -> float:
     """Bytes/s of the matrix-vector products of decoding: `rows` vectors through the first MLP linear of every
-    block (the model's own weights, in its dtype, together larger than the caches)."""
+    block (the model's own weights, in its dtype, together larger than the caches), called eagerly (no compiled
+    block involved)."""
     layers = [block.ff.net[0].proj for block in model.transformer_blocks]
     x = torch.randn(rows, 1, layers[0].in_features, device=device, dtype=layers[0].weight.dtype)
     seconds = measure(lambda: [layer(x) for layer in layers], device, repeats=repeats, warmup=1)["seconds"]
