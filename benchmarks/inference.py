@@ -451,8 +451,17 @@ def run_ar(args: argparse.Namespace) -> dict:
     tokens_per_s = b * n_tokens / cached["seconds"]
     out["ar.tokens_per_s_kv_cache"] = record(tokens_per_s, "tokens/s", "tokens per second, KV cache", note)
     streaming = streaming_bound(ar, args, device, dtype, tokens_per_s, note)
-    # plain reads and the uncompiled matrix-vector products of the model's linears: no switch applies to them
-    unswitched = {key: streaming.pop(key) for key in ("ar.memory_bandwidth", "ar.matvec_bandwidth")}
+    # weight bytes, plain reads, the uncompiled matrix-vector products of the model's linears and the bound from
+    # them: no switch applies to these
+    unswitched = {
+        key: streaming.pop(key)
+        for key in (
+            "ar.decode_weight_bytes",
+            "ar.memory_bandwidth",
+            "ar.matvec_bandwidth",
+            "ar.streaming_bound_tokens_per_s",
+        )
+    }
     out.update(streaming)
 
     full_tokens = min(args.ar_full_tokens or n_tokens, n_tokens)

@@ -342,22 +342,30 @@ def test_frozen_weights_compile_matches_eager_and_refuses_changed_weights(_fresh
     block, so the recompile limit is raised to fit); a weight changed in place or replaced afterwards is refused
     before the stale compiled blocks could run."""
     import torch._dynamo.config as dynamo_config
+    from torch._dynamo.utils import counters
 
     monkeypatch.setattr(dynamo_config, "recompile_limit", 2)  # below what the blocks need: the method must raise it
+    monkeypatch.setattr(dynamo_config, "accumulated_recompile_limit", 2)
     model = tiny_dit()
     blocks = [m for m in model.modules() if type(m).__name__ == "BinaryDiTBlock"]
     with torch.no_grad():
         text_kv = model.prepare_text_kv(TEXT, LEFT_PADDED_MASK)
         ref = model(BITS, TIMES, text_kv=text_kv).sample
+        graphs = counters["stats"]["unique_graphs"]
         model.compile_repeated_blocks(fullgraph=True, freeze_weights=True)
-        assert dynamo_config.recompile_limit >= len(blocks)
+        assert dynamo_config.recompile_limit >= len(blocks) and dynamo_config.accumulated_recompile_limit >= len(blocks)
         for _ in range(2):
             torch.testing.assert_close(model(BITS, TIMES, text_kv=text_kv).sample, ref, atol=1e-5, rtol=1e-5)
+        # frozen weights are constants: one compiled graph per block (without freezing the blocks share one)
+        assert counters["stats"]["unique_graphs"] - graphs == len(blocks)
         blocks[-1].ff.net[2].weight.mul_(0.5)
         with pytest.raises(RuntimeError, match=r"freeze_weights=True.*transformer_blocks\.1\.ff\.net\.2\.weight"):
             model(BITS, TIMES, text_kv=text_kv)
+        # compiling again would reuse the cached frozen code: refused
+        with pytest.raises(RuntimeError, match="already compiled with `freeze_weights=True`"):
+            model.compile_repeated_blocks(freeze_weights=True)
     fresh = tiny_dit()
     fresh.compile_repeated_blocks(backend="eager", freeze_weights=True)
     fresh.transformer_blocks[0].ff.net[2].weight = torch.nn.Parameter(torch.zeros_like(fresh.proj_out.weight[:0]))
-    with pytest.raises(RuntimeError, match="compile after the last change"):
+    with pytest.raises(RuntimeError, match="Load the model again"):
         fresh(BITS, TIMES, text_kv=fresh.prepare_text_kv(TEXT, LEFT_PADDED_MASK))

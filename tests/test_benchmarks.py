@@ -607,7 +607,12 @@ def test_speed_switches_reach_our_models_before_timing_and_every_record(monkeypa
             out = run(args)
             assert events[:3] == [("backend", model, "_native_math"), ("compile", model, freeze), ("measure",)]
             for key, rec in out.items():
-                if key in ("ar.memory_bandwidth", "ar.matvec_bandwidth"):  # no switch applies
+                if key in (  # no switch applies
+                    "ar.decode_weight_bytes",
+                    "ar.memory_bandwidth",
+                    "ar.matvec_bandwidth",
+                    "ar.streaming_bound_tokens_per_s",
+                ):
                     assert rec["compiled"] is False and "torch.compile" not in (rec["note"] or "")
                     continue
                 assert rec["compiled"] is True and rec["frozen_weights"] is freeze, key

@@ -166,7 +166,7 @@ def distinct_rows(
     if batch < 2 or encoder_hidden_states[0].device.type == "meta" or torch.compiler.is_compiling():
         return None  # nothing to share, or no values to compare (meta tensors for counting FLOPs, tracing)
     ends = (encoder_hidden_states[0], encoder_hidden_states[-1])
-    checksums = [tuple(row) for row in torch.stack([x.float().sum(dim=(1, 2)) for x in ends]).T.tolist()]
+    checksums = [tuple(row) for row in torch.stack([x.float().sum(dim=(1, 2)).cpu() for x in ends]).T.tolist()]
     first, group, candidates = [], [], {}
     for row, checksum in enumerate(checksums):
         same = [g for g in candidates.get(checksum, []) if _same_row(encoder_hidden_states, mask, first[g], row)]
