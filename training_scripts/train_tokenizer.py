@@ -59,6 +59,7 @@ from diffusers_bit.training.script_utils import (
     check_common_args,
     common_hyperparameters,
     get_lr_scheduler,
+    get_optimizer,
     make_accelerator,
     prepare_run,
     register_checkpoint_hooks,
@@ -600,13 +601,7 @@ def main(args: argparse.Namespace) -> dict:
     )
 
     trainable = [p for p in tokenizer.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        trainable,
-        lr=args.learning_rate,
-        betas=(args.adam_beta1, args.adam_beta2),
-        weight_decay=args.adam_weight_decay,
-        eps=args.adam_epsilon,
-    )
+    optimizer = get_optimizer(args, trainable)
 
     def make_dataset(epoch: int, start_index: int = 0) -> BatchDataset:
         return BatchDataset(

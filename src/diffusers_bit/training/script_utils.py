@@ -346,6 +346,18 @@ def register_checkpoint_hooks(
 # ----------------------------------------------------------------------------------------------------------------------
 # Optimisation
 # ----------------------------------------------------------------------------------------------------------------------
+def get_optimizer(args: argparse.Namespace, params) -> torch.optim.AdamW:
+    r"""AdamW over `params` with the flags of [`add_optimization_args`] (`--learning_rate`, `--adam_beta1/2`,
+    `--adam_weight_decay`, `--adam_epsilon`)."""
+    return torch.optim.AdamW(
+        params,
+        lr=args.learning_rate,
+        betas=(args.adam_beta1, args.adam_beta2),
+        weight_decay=args.adam_weight_decay,
+        eps=args.adam_epsilon,
+    )
+
+
 def get_lr_scheduler(args: argparse.Namespace, optimizer: torch.optim.Optimizer, num_processes: int):
     r"""`--lr_scheduler` with `--lr_warmup_steps` and `--max_train_steps` for `optimizer`. Both step counts are
     multiplied by `num_processes`: the prepared scheduler steps once per process at every optimizer step (diffusers'
