@@ -234,16 +234,10 @@ def _cpu_model() -> str:
 
 def _cpu_flags() -> list[str]:
     """The CPU features that decide CPU matmul speed in reduced precision."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = line.split(":", 1)[1].split()
-                    wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile", "avx_vnni")
-                    return [flag for flag in wanted if flag in flags]
-    except OSError:
-        pass
-    return []
+    from diffusers_bit.utils.hardware import cpu_flags
+
+    wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile", "avx_vnni")
+    return [flag for flag in wanted if flag in cpu_flags()]
 
 
 def git_commit() -> Optional[str]:

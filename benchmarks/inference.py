@@ -270,7 +270,11 @@ def run_official(args: argparse.Namespace) -> dict:
 
     note = f"batch {args.batch_size} (+{args.batch_size} unconditional), {args.text_len} text tokens, {args.dtype}"
     out = {"official.params": record(param_count(official), "params", "authors' diffusion model parameters")}
-    their_timings = [_timing(args, lambda: sampler.one_step(theirs), device)]
+
+    def time_step(forward) -> dict:
+        return _timing(args, lambda: sampler.one_step(forward), device)
+
+    their_timings = [time_step(theirs)]
 
     # our model with their weights, timed right after theirs in this process on the same inputs (`one_step` always
     # starts from the same bits and time): the same-process pair behind the step-time target, and the check that
@@ -287,14 +291,14 @@ def run_official(args: argparse.Namespace) -> dict:
 
     eager_timings = []
     if speed_switches(args) != NOT_SWITCHED:  # ours without the switches too, so that the eager ratio stays visible
-        eager_timings.append(_timing(args, lambda: sampler.one_step(ours), device))
-        their_timings.append(_timing(args, lambda: sampler.one_step(theirs), device))
-        eager_timings.append(_timing(args, lambda: sampler.one_step(ours), device))
+        eager_timings.append(time_step(ours))
+        their_timings.append(time_step(theirs))
+        eager_timings.append(time_step(ours))
         model = apply_speed_switches(model, args)  # after the last weight change (frozen weights are constants)
     # two rounds, theirs then ours, each model's fastest kept: a slow spell of this shared machine hits both
-    our_timings = [_timing(args, lambda: sampler.one_step(ours), device)]
-    their_timings.append(_timing(args, lambda: sampler.one_step(theirs), device))
-    our_timings.append(_timing(args, lambda: sampler.one_step(ours), device))
+    our_timings = [time_step(ours)]
+    their_timings.append(time_step(theirs))
+    our_timings.append(time_step(ours))
     step, ours_step = min(their_timings, key=_seconds), min(our_timings, key=_seconds)
     out["official.step_s"] = time_record("denoising step, authors' model (SDPA in place of flash-attn)", step, note)
     seconds, how = _per_image(args, step)
@@ -450,19 +454,8 @@ def run_ar(args: argparse.Namespace) -> dict:
     out["ar.image_kv_cache_s"] = time_record("seconds per image, KV cache", cached, note)
     tokens_per_s = b * n_tokens / cached["seconds"]
     out["ar.tokens_per_s_kv_cache"] = record(tokens_per_s, "tokens/s", "tokens per second, KV cache", note)
-    streaming = streaming_bound(ar, args, device, dtype, tokens_per_s, note)
-    # weight bytes, plain reads, the uncompiled matrix-vector products of the model's linears and the bound from
-    # them: no switch applies to these
-    unswitched = {
-        key: streaming.pop(key)
-        for key in (
-            "ar.decode_weight_bytes",
-            "ar.memory_bandwidth",
-            "ar.matvec_bandwidth",
-            "ar.streaming_bound_tokens_per_s",
-        )
-    }
-    out.update(streaming)
+    unswitched, fractions = streaming_bound(ar, args, device, dtype, tokens_per_s, note)
+    out.update(fractions)
 
     full_tokens = min(args.ar_full_tokens or n_tokens, n_tokens)
     partial = _timing(args, lambda: generate(False, full_tokens), device, repeats=1)
@@ -539,16 +532,22 @@ def matvec_bandwidth(model: torch.nn.Module, rows: int, device: torch.device, re
     return sum(layer.weight.numel() * layer.weight.element_size() for layer in layers) / seconds
 
 
-def streaming_bound(model, args, device, dtype, tokens_per_s: float, note: str) -> dict:
+def streaming_bound(model, args, device, dtype, tokens_per_s: float, note: str) -> tuple[dict, dict]:
     r"""KV-cache decoding against its memory-streaming bound: every forward reads the weights once
     ([`decode_weight_bytes`]) and yields one token per image, so at most `batch x bandwidth / weight bytes`
-    tokens/s; with the measured matrix-vector speed instead of the streaming speed, the bound the kernels allow."""
+    tokens/s; with the measured matrix-vector speed instead of the streaming speed, the bound the kernels allow.
+
+    Returns:
+        `(bounds, fractions)`: the weight bytes, bandwidths and streaming bound (no speed switch applies to them:
+        plain reads and the model's linears called eagerly), and the measured `tokens_per_s` as fractions of both
+        bounds.
+    """
     weight_bytes = decode_weight_bytes(model)
     bandwidth = memory_bandwidth(device)
     matvec = matvec_bandwidth(model, 2 * args.batch_size, device)
     bound = args.batch_size * bandwidth / weight_bytes
     kernel_bound = args.batch_size * matvec / weight_bytes
-    return {
+    bounds = {
         "ar.decode_weight_bytes": record(weight_bytes, "B", "weights read per decoding forward", note),
         "ar.memory_bandwidth": record(bandwidth, "B/s", "memory read bandwidth (sum of a 1 GiB tensor)"),
         "ar.matvec_bandwidth": record(
@@ -557,6 +556,8 @@ def streaming_bound(model, args, device, dtype, tokens_per_s: float, note: str) 
         "ar.streaming_bound_tokens_per_s": record(
             bound, "tokens/s", "streaming bound: batch x bandwidth / weight bytes", note
         ),
+    }
+    fractions = {
         "ar.fraction_of_streaming_bound": record(
             tokens_per_s / bound, "ratio", "KV-cache tokens/s / streaming bound", note
         ),
@@ -567,6 +568,7 @@ def streaming_bound(model, args, device, dtype, tokens_per_s: float, note: str) 
             f"{kernel_bound:.3g} tokens/s at that bandwidth; {note}",
         ),
     }
+    return bounds, fractions
 
 
 @torch.no_grad()
@@ -714,12 +716,12 @@ def run_efficiency(args: argparse.Namespace) -> dict:
         fastest_dtype=fastest,
         peak_dtype=best_peak,
     )
+    auto = dtype_name(preferred_dtype(device))
     out["efficiency.fastest_dtype_matches_auto"] = record(
-        float(fastest == dtype_name(preferred_dtype(device))),
+        float(fastest == auto),
         "yes/no",
         "the fastest step's dtype is the one --dtype auto picks",
-        f"fastest: {fastest}; auto: {dtype_name(preferred_dtype(device))}"
-        + (f" ({describe_cpu()})" if device.type == "cpu" else ""),
+        f"fastest: {fastest}; auto: {auto}" + (f" ({describe_cpu()})" if device.type == "cpu" else ""),
     )
     unswitched.append("efficiency.fastest_dtype_matches_auto")
     tag_records({k: out[k] for k in unswitched}, NOT_SWITCHED)  # counts, plain matmuls, the dtype check
